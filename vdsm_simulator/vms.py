@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -114,7 +115,7 @@ class SimVm:
     memory_mb: int
     status: VmStatus
     xml: str
-    started: float  # loop time the VM started on this host, for elapsedTime
+    started: float  # time.monotonic() when the VM started on this host, for elapsedTime
     time_offset: str | None = None
     exit_info: dict[str, Any] | None = None  # exitCode/exitMessage/exitReason once Down
     migration: OutgoingMigration = field(default_factory=OutgoingMigration)
@@ -303,6 +304,10 @@ class VmFleet:
         or identical destination, fails in the background as in VDSM.
         """
         vm = self._vm(host, vm_id)
+        if not isinstance(params, dict):
+            raise GeneralException(
+                f"{type(params).__name__!r} object does not support item assignment"
+            )
         if vm.migrating or vm.status == VmStatus.MIGRATION_DESTINATION:
             # VDSM guards the source only; a VM still arriving here is refused the same way.
             raise MigrationInProgress(vmId=vm_id)
@@ -485,7 +490,7 @@ class VmFleet:
         """WaitForLaunch -> "Powering up" when the domain runs -> Up when the guest reports."""
         await self._clock.sleep(self.launch_seconds)
         vm.status = VmStatus.POWERING_UP
-        vm.started = asyncio.get_running_loop().time()
+        vm.started = time.monotonic()
         self._send_status(vm, **self._running_stats(vm))
         await self._clock.sleep(self.boot_seconds)
         vm.status = VmStatus.UP
@@ -538,7 +543,7 @@ class VmFleet:
         return stats
 
     def _running_stats(self, vm: SimVm) -> dict[str, Any]:
-        elapsed = (asyncio.get_running_loop().time() - vm.started) / self._clock.time_scale
+        elapsed = (time.monotonic() - vm.started) / self._clock.time_scale
         return {
             "elapsedTime": str(int(max(0.0, elapsed))),
             "monitorResponse": "0",
@@ -571,8 +576,7 @@ class VmFleet:
     def _new_vm(
         self, vm_id: str, name: str, host: str, memory_mb: int, status: VmStatus, xml: str
     ) -> SimVm:
-        now = asyncio.get_running_loop().time()
-        return SimVm(vm_id, name, host, memory_mb, status, xml, started=now)
+        return SimVm(vm_id, name, host, memory_mb, status, xml, started=time.monotonic())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)

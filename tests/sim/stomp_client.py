@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import json
 import ssl as ssl_module
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -41,7 +42,6 @@ class StompClient:
         self.connected: Frame | None = None
         self.closed = asyncio.get_running_loop().create_future()
         self._pending: dict[Any, asyncio.Future[Any]] = {}
-        self._ids = itertools.count(1)
         self._subs = itertools.count(1)
         self._reader_task = asyncio.create_task(self._read())
         self._beat_task: asyncio.Task[None] | None = None
@@ -132,7 +132,7 @@ class StompClient:
     # -- JSON-RPC --------------------------------------------------------------------------
 
     def new_id(self) -> str:
-        return f"req-{next(self._ids)}"
+        return str(uuid.uuid4())
 
     def send_request(
         self,
@@ -247,8 +247,10 @@ class StompClient:
         fut = self._pending.pop(reply_id, None) if _hashable(reply_id) else None
         if fut is not None and not fut.done():
             fut.set_result(message)
-        else:
+        elif not _is_response(message):
             self.frames.put_nowait(frame)
+        # else: a reply to someone else's request (VDSM fans replies out to every subscriber of
+        # the reply-to destination on the host); it stays in `messages` only.
 
     async def wait_closed(self, within: float = 5.0) -> BaseException | None:
         """Wait for the server to close the connection; the read error, if any."""
@@ -276,6 +278,12 @@ def _reply_id(message: Any) -> Any:
             if isinstance(item, dict) and item.get("id") is not None:
                 return item["id"]
     return None
+
+
+def _is_response(message: Any) -> bool:
+    if isinstance(message, list):
+        return bool(message) and all(_is_response(m) for m in message)
+    return isinstance(message, dict) and "jsonrpc" in message and "id" in message
 
 
 def _hashable(value: Any) -> bool:

@@ -33,7 +33,7 @@ import asyncio
 import logging
 import ssl as ssl_module
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from aiohttp import web
 
@@ -74,8 +74,8 @@ class _Detector(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports do not inherit from asyncio.Transport; they only behave like one.
+        self._transport = cast(asyncio.Transport, transport)
         self._timer = asyncio.get_running_loop().call_later(
             self._server.detect_timeout, self._give_up
         )
@@ -225,7 +225,7 @@ class SimServer:
             log.info("%s: HTTP reply dropped, connection reset (injected)", name)
             if request.transport is not None:
                 request.transport.abort()
-            raise asyncio.CancelledError
+            return web.Response(status=204)  # never reaches the client
         if faults.chance(settings.late_replies):
             await self.clock.sleep(settings.late_delay)
         if reply is None:

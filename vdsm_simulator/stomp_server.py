@@ -31,7 +31,7 @@ import asyncio
 import logging
 from collections.abc import Coroutine, Hashable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from daemon.vdsm.stomp import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -255,8 +255,8 @@ class StompSession(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports do not inherit from asyncio.Transport; they only behave like one.
+        self.transport = cast(asyncio.Transport, transport)
         self.peer = transport.get_extra_info("peername")
         self.last_read = self.last_write = self._loop.time()
 

@@ -752,3 +752,49 @@ async def test_thousand_concurrent_connections(server: SimServer, cluster: FakeC
     await asyncio.gather(*(c.close() for c in clients))
     await wait_until(lambda: not server.broker.wires["host1"].sessions)
     assert time.monotonic() - start < 15
+
+
+async def test_http_faults(server: SimServer, cluster: FakeCluster) -> None:
+    host = cluster.hosts["host1"]
+    url = f"http://127.0.0.1:{server.port}/hosts/host1/jsonrpc"
+    ping = b'{"jsonrpc":"2.0","id":1,"method":"Host.ping2"}'
+    async with aiohttp.ClientSession() as session:
+        for fault in ("reset_connections", "drop_replies"):
+            setattr(host.faults.settings, fault, 1.0)
+            with pytest.raises(aiohttp.ServerDisconnectedError):
+                await session.post(url, data=ping)
+            host.faults.clear()
+        assert host.called("Host.ping2") == 2  # executed, only the answer was lost
+        host.faults.settings.latency = 200.0
+        start = time.monotonic()
+        async with session.post(url, data=ping) as r:
+            assert (await r.json())["result"] is True
+        assert time.monotonic() - start >= 0.2
+
+
+def test_uvloop_transports(cluster: FakeCluster) -> None:
+    """The hand-over from the detector relies on set_protocol; uvloop must support it too."""
+    import uvloop
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+
+    async def scenario() -> None:
+        async with SimServer(cluster) as plain, SimServer(cluster, ssl=server_ctx) as tls:
+            c = await StompClient.connect(plain.port, host="host2")
+            assert await c.call("Test.whoami") == "host2"
+            await c.close()
+            c = await StompClient.connect(tls.port, ssl=client_ctx, server_hostname="localhost")
+            assert await c.call("Test.whoami") == "host1"
+            await c.close()
+            async with aiohttp.ClientSession() as session:
+                url = f"http://127.0.0.1:{plain.port}/hosts/host1/jsonrpc"
+                async with session.post(
+                    url, data=b'{"jsonrpc":"2.0","id":1,"method":"Host.ping2"}'
+                ) as r:
+                    assert (await r.json())["result"] is True
+
+    uvloop.run(scenario())

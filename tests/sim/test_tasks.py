@@ -744,3 +744,28 @@ async def test_errors_are_vdsm_errors() -> None:
     # every error the engine raises to clients carries a VDSM code
     for cls in (UnknownTask, TaskNotFinished, TaskHasRefs, TaskStateError, AddTaskError):
         assert issubclass(cls, VdsmError)
+
+
+async def test_clear_recoveries_commits(tm: TaskManager, undo: Undo, tmp_path: Path) -> None:
+    async def job(ctx: JobContext) -> str:
+        ctx.push_recovery(Recovery("r", "undo1"))
+        ctx.clear_recoveries()  # the change is committed: nothing to roll back any more
+        raise VolumeDoesNotExist("V")
+
+    tid = await tm.schedule("createVolume", job)
+    await done(tm, tid)
+    assert state(tm, tid) == "recovered" and undo.calls == []
+    assert TaskStore(tmp_path / "tasks").load(tid).recoveries == ()
+
+
+async def test_raw_table(tm: TaskManager) -> None:
+    job = Job(recoveries=recs("undo1"))
+    tid = await tm.schedule("createVolume", job)
+    await started(job)
+    (row,) = tm.raw_table()
+    assert row["id"] == tid and row["state"] == "running" and row["refs"] == 1
+    assert row["njobs"] == 1 and row["tag"] == "spm" and row["cleanPolicy"] == "manual"
+    assert row["recoveries"] == [
+        {"name": "undo1 rollback", "action": "undo1", "args": ["undo1", "x=1"]}
+    ]
+    job.release.set()

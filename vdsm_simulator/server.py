@@ -160,7 +160,10 @@ class SimServer:
         await self.stop()
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        # Short shutdown: a handler held by an injected late reply must not hold up stop().
+        self._runner = web.AppRunner(
+            self.app, handle_signals=False, access_log=None, shutdown_timeout=0.5
+        )
         await self._runner.setup()
         self.http_factory = self._runner.server
         self.port = await self._listen(self.requested_port, None)

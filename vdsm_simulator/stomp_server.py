@@ -153,11 +153,18 @@ class HostWire:
             sub.session.send_frame(Frame("MESSAGE", headers, body))
         return len(subs)
 
-    def send_reply(self, reply: Reply, reply_to: str | None, ids: list[Hashable]) -> None:
-        """Route one answer as VDSM's `StompServer.send` does: by its id through the table."""
+    def send_reply(
+        self, reply: Reply, reply_to: str | None, ids: list[Hashable], *, lost: bool = False
+    ) -> None:
+        """Route one answer as VDSM's `StompServer.send` does: by its id through the table.
+
+        A `lost` reply (injected drop) still consumes its table entry, as if it had been sent.
+        """
         if reply.batch:
             for req_id in ids:
                 self.reply_to.pop(req_id, None)
+            if lost:
+                return
             if self.options.strict_vdsm_batches:
                 log.warning(
                     "%s: batch reply dropped (VDSM sends only JSON objects)", self.host.name
@@ -172,7 +179,8 @@ class HostWire:
             pass
         except TypeError:  # an unhashable id: VDSM fails here and sends nothing
             return
-        self.deliver(destination, reply.data)
+        if not lost:
+            self.deliver(destination, reply.data)
 
     def _on_event(self, method: str, params: dict[str, Any]) -> None:
         if EVENT_QUEUE in self.subscriptions:
@@ -407,6 +415,7 @@ class StompSession(asyncio.Protocol):
             await self.broker.clock.sleep(settings.latency)
         if faults.chance(settings.drop_replies):
             log.info("%s: reply dropped (injected)", wire.host.name)
+            wire.send_reply(reply, reply_to, ids, lost=True)
             return
         if faults.chance(settings.late_replies):
             await self.broker.clock.sleep(settings.late_delay)

@@ -526,6 +526,18 @@ async def test_unrecognized_protocol_is_closed(server: SimServer, opening: bytes
     writer.close()
 
 
+async def test_short_opening_waits_for_detection_then_times_out(cluster: FakeCluster) -> None:
+    # VDSM's detector peeks for 11 bytes (len("UNSUBSCRIBE")) and gives up after its timeout.
+    async with SimServer(cluster, detect_timeout=0.2) as srv:
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        writer.write(b"CONNECT\n\n\0")
+        start = time.monotonic()
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""
+        assert time.monotonic() - start >= 0.15
+        writer.close()
+
+
 async def test_oversized_body_is_refused(cluster: FakeCluster) -> None:
     options = WireOptions(max_frame_size=64 * 1024)
     async with SimServer(cluster, SimClock(0.001), options=options) as srv:
@@ -638,7 +650,9 @@ async def test_latency(server: SimServer, client: StompClient, cluster: FakeClus
     assert time.monotonic() - start >= 0.2
 
 
-async def test_dropped_reply_still_executes(client: StompClient, cluster: FakeCluster) -> None:
+async def test_dropped_reply_still_executes(
+    server: SimServer, client: StompClient, cluster: FakeCluster
+) -> None:
     host = cluster.hosts["host1"]
     host.faults.settings.drop_replies = 1.0
     client.send_request({"jsonrpc": "2.0", "id": "gone", "method": "Test.echo", "params": [1]})
@@ -646,6 +660,7 @@ async def test_dropped_reply_still_executes(client: StompClient, cluster: FakeCl
     host.faults.clear()
     await settle(client)
     assert not any(b"gone" in m.body for m in client.messages)
+    assert "gone" not in server.broker.wires["host1"].reply_to  # consumed as if sent
 
 
 async def test_late_reply_arrives_after_later_requests(

@@ -13,9 +13,10 @@ How the rest of the simulator plugs in (both protocols live in `vdsm_simulator.j
 
 Usage::
 
-    server = SimServer(cluster, clock, ssl=ctx, control_app=build_control_app(cluster))
+    server = SimServer(cluster, cluster.clock, ssl=ctx, port_per_host=cluster.hosts)
+    server.mount_control(build_control_app(cluster, on_host_down=server.disconnect_host))
     await server.start()                # server.port, server.host_ports
-    server.disconnect_host("host2")     # when the control API takes a host down
+    ...
     await server.stop()
 
 Detection follows `vdsm.protocoldetector`: wait for as many bytes as the longest STOMP command
@@ -144,7 +145,7 @@ class SimServer:
         self.app = web.Application(client_max_size=self.options.max_frame_size)
         self.app.router.add_post("/hosts/{name}/jsonrpc", self._http_jsonrpc)
         if control_app is not None:
-            self.app.add_subapp("/_control/", control_app)
+            self.mount_control(control_app)
         self._per_host = list(port_per_host)
         self._runner: web.AppRunner | None = None
         self.http_factory: Any = None
@@ -195,9 +196,16 @@ class SimServer:
         self.host_ports[name] = bound
         return bound
 
-    def disconnect_host(self, name: str) -> int:
-        """Drop every STOMP connection to a host (the control API calls it on "down")."""
-        return self.broker.disconnect_host(name)
+    def disconnect_host(self, name: str) -> None:
+        """Drop every STOMP connection to a host; fits `build_control_app(on_host_down=...)`."""
+        self.broker.disconnect_host(name)
+
+    def mount_control(self, control_app: web.Application) -> None:
+        """Mount the control API under ``/_control/`` after construction, before `start`.
+
+        Lets the control app be built with this server's `disconnect_host` as its hook.
+        """
+        self.app.add_subapp("/_control/", control_app)
 
     async def stop(self) -> None:
         for server in self._servers:

@@ -221,13 +221,18 @@ class StompBroker:
             log.error("request task failed", exc_info=task.exception())
 
     def disconnect_host(self, name: str) -> int:
-        """Drop every connection to the host (it went down); returns how many."""
-        wire = self.wires.get(name)
+        """Drop every connection to the host (down or restarted); returns how many.
+
+        The host's STOMP state goes with them: replies of requests still running have no one
+        left to reach, and whoever connects next starts with fresh tables, as after a restart.
+        """
+        wire = self.wires.pop(name, None)
         if wire is None:
             return 0
         sessions = list(wire.sessions)
         for session in sessions:
             session.abort(f"host {name} is down")
+        wire.close()
         return len(sessions)
 
     async def close(self) -> None:

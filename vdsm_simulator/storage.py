@@ -111,6 +111,9 @@ class Storage:
     def __init__(self, state_file: Path | None = None) -> None:
         self.pools: dict[str, Pool] = {}
         self.state_file = state_file
+        # Volumes a MOVE took off their source, kept so that its rollback can put them back
+        # (recovery arguments are short strings, so the rollback names the volume, not its data).
+        self.moved_away: dict[str, Volume] = {}
 
     # -- building -----------------------------------------------------------------------------
 
@@ -165,22 +168,30 @@ class Storage:
         domain.volumes[vol.uuid] = vol
         self.save()
 
-    def remove_volume(self, pool_id: str, sd_id: str, vol_id: str) -> bool:
-        """Remove a volume if it is there; rollbacks call this and must be idempotent."""
-        domain = self.pools.get(pool_id, None)
-        if domain is None or sd_id not in domain.domains:
-            return False
-        removed = domain.domains[sd_id].volumes.pop(vol_id, None) is not None
-        if removed:
-            self.save()
-        return removed
+    def remove_volume(self, pool_id: str, sd_id: str, vol_id: str, *, keep: bool = False) -> bool:
+        """Remove a volume if it is there; rollbacks call this and must be idempotent.
 
-    def restore_volume(self, volume_json: str) -> None:
+        `keep` remembers the volume so `restore_volume` can bring it back.
+        """
+        pool = self.pools.get(pool_id, None)
+        if pool is None or sd_id not in pool.domains:
+            return False
+        vol = pool.domains[sd_id].volumes.pop(vol_id, None)
+        if vol is not None and keep:
+            self.moved_away[f"{sd_id}/{vol_id}"] = vol
+        if vol is not None:
+            self.save()
+        return vol is not None
+
+    def restore_volume(self, pool_id: str, sd_id: str, vol_id: str) -> None:
         """Put back a volume a move removed from its source (rollback of a MOVE)."""
-        vol = Volume(**json.loads(volume_json))
-        domain = self.domain(vol.pool, vol.domain)
-        if vol.uuid not in domain.volumes:
-            domain.volumes[vol.uuid] = vol
+        vol = self.moved_away.pop(f"{sd_id}/{vol_id}", None)
+        if vol is not None:
+            self.domain(pool_id, sd_id).volumes.setdefault(vol_id, vol)
+            self.save()
+
+    def forget_moved(self, sd_id: str, vol_id: str) -> None:
+        if self.moved_away.pop(f"{sd_id}/{vol_id}", None) is not None:
             self.save()
 
     def set_legality(self, vol: Volume, legality: str) -> None:
@@ -204,7 +215,10 @@ class Storage:
     def save(self) -> None:
         if self.state_file is None:
             return
-        data = {"pools": [asdict(p) for p in self.pools.values()]}
+        data = {
+            "pools": [asdict(p) for p in self.pools.values()],
+            "moved_away": {k: asdict(v) for k, v in self.moved_away.items()},
+        }
         tmp = self.state_file.with_suffix(".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f)
@@ -224,6 +238,7 @@ class Storage:
                 vols = {vid: Volume(**v) for vid, v in d.pop("volumes").items()}
                 domains[sd_id] = Domain(**d, volumes=vols)
             self.pools[p["uuid"]] = Pool(**p, domains=domains)
+        self.moved_away = {k: Volume(**v) for k, v in data.get("moved_away", {}).items()}
         return True
 
     def topology(self) -> list[dict[str, Any]]:

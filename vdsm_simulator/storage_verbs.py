@@ -8,7 +8,6 @@ purge it in the job, with no rollback, as VDSM does (a deleted image cannot be b
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ from vdsm_simulator.errors import (
     CodedError,
     InvalidParameterException,
     IsSpm,
+    SpmStatusError,
     StorageException,
     VolumeAlreadyExists,
 )
@@ -79,7 +79,7 @@ class StorageVerbs:
     def _spm_pool(self, pool_id: str) -> Pool:
         pool = self.storage.pool(_uuid("storagepoolID", pool_id))
         if pool.spm_host != self.host.name:
-            raise CodedError(654, "Not SPM")
+            raise SpmStatusError(pool.uuid)
         return pool
 
     async def _finish_job(self, ctx: JobContext, duration: float, *, abortable: bool) -> None:
@@ -293,9 +293,9 @@ class StorageVerbs:
                 for v in src_vols:
                     ctx.push_recovery(Recovery(
                         f"moveImage source restore: {v.uuid}", "restore_volume",
-                        (json.dumps(asdict(v)),),
+                        (v.pool, v.domain, v.uuid),
                     ))
-                    self.storage.remove_volume(v.pool, v.domain, v.uuid)
+                    self.storage.remove_volume(v.pool, v.domain, v.uuid, keep=True)
             return None
 
         return await self._schedule("moveImage", move)

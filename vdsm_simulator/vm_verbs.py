@@ -1,0 +1,80 @@
+"""VM verbs and SDM host-job verbs of one host, bound to the cluster's VM fleet and storage.
+
+The fleet (`vms.py`) and host jobs (`hostjobs.py`) hold the semantics; this module only names the
+verbs and their parameters as `vdsm-api.yml` does and passes the receiving host along.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from vdsm_simulator.hostjobs import ProgressCallback
+from vdsm_simulator.verbs import Param
+
+if TYPE_CHECKING:
+    from vdsm_simulator.host import SimHost
+
+
+def register_vm_verbs(host: SimHost) -> None:
+    fleet = host.cluster.fleet
+    name = host.name
+    t = host.verbs
+    vm = Param("vmID", "str")
+
+    async def create(vmID: str, vmParams: dict[str, Any]) -> Any:
+        return fleet.create(name, vmParams, vmID)
+
+    async def destroy(vmID: str, gracefulAttempts: int = 1) -> bool:
+        fleet.destroy(name, vmID)
+        return True
+
+    async def get_stats(vmID: str) -> Any:
+        return fleet.get_stats(name, vmID)
+
+    async def vm_list(fullStatus: bool = False, vmList: list[str] | None = None,
+                      onlyUUID: bool = False) -> Any:
+        return fleet.get_vm_list(name, fullStatus, vmList or None)
+
+    async def all_stats() -> Any:
+        return fleet.get_all_vm_stats(name)
+
+    async def migrate(vmID: str, params: dict[str, Any]) -> bool:
+        await fleet.migrate(name, vmID, params)
+        return True
+
+    async def migrate_cancel(vmID: str) -> bool:
+        fleet.migrate_cancel(name, vmID)
+        return True
+
+    async def migration_status(vmID: str) -> Any:
+        return fleet.get_migration_status(name, vmID)
+
+    t.add("VM.create", create, vm, Param("vmParams", "dict"))
+    t.add("VM.destroy", destroy, vm, Param("gracefulAttempts", "int", 1))
+    t.add("VM.getStats", get_stats, vm)
+    t.add("VM.migrate", migrate, vm, Param("params", "dict"))
+    t.add("VM.migrateCancel", migrate_cancel, vm)
+    t.add("VM.getMigrationStatus", migration_status, vm)
+    listing = (Param("fullStatus", "bool", False), Param("vmList", "list", None),
+               Param("onlyUUID", "bool", False))
+    t.add("Host.getVMList", vm_list, *listing)
+    t.add("Host.getVMFullList", vm_list, *listing)
+    t.add("Host.getAllVmStats", all_stats)
+
+    async def copy_run(progress: ProgressCallback) -> None:
+        """A storage copy takes the host's drawn copy time, reporting progress in ten steps."""
+        seconds = host.draw_duration(3.0)
+        for step in range(1, 11):
+            await host.clock.sleep(seconds / 10)
+            progress(step * 10)
+
+    async def copy_data(job_id: str, source: dict[str, Any], destination: dict[str, Any],
+                        copy_bitmaps: bool = False) -> bool:
+        return host.jobs.sdm_copy_data(job_id, source, destination, copy_bitmaps, run=copy_run)
+
+    async def sparsify(job_id: str, vol_info: dict[str, Any]) -> bool:
+        return host.jobs.sdm_sparsify_volume(job_id, vol_info, run=host.draw_duration())
+
+    t.add("SDM.copy_data", copy_data, Param("job_id", "str"), Param("source", "dict"),
+          Param("destination", "dict"), Param("copy_bitmaps", "bool", False))
+    t.add("SDM.sparsify_volume", sparsify, Param("job_id", "str"), Param("vol_info", "dict"))

@@ -11,8 +11,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     print(
-        "taskmgr: the daemon's local API is not built yet; "
-        "`taskmgrd demo` shows what exists today",
+        "taskmgr: the daemon's local API is not built yet; `taskmgrd demo` shows what exists today",
         file=sys.stderr,
     )
     return 2

@@ -12,7 +12,9 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from vdsm_simulator.app import Simulator
 from vdsm_simulator.config import ConfigError, Settings, load
@@ -23,8 +25,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", type=Path, help="TOML file (see config/vdsm-sim.toml)")
     p.add_argument("--address", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port for STOMP and HTTP (default 54321; 0: any)")
-    p.add_argument("--port-per-host", action="store_true", default=None,
-                   help="also give every host a port of its own")
+    p.add_argument(
+        "--port-per-host",
+        action="store_true",
+        default=None,
+        help="also give every host a port of its own",
+    )
     p.add_argument("--hosts", type=int, help="number of hosts host1..hostN")
     p.add_argument("--pools", type=int, help="number of storage pools")
     p.add_argument("--seed", type=int, help="seed of every random draw")
@@ -45,13 +51,20 @@ def settings_from(args: argparse.Namespace) -> Settings:
     settings = load(args.config)
     server, cluster = settings.server, settings.cluster
     for flag, target, key in (
-        ("address", server, "address"), ("port", server, "port"),
-        ("port_per_host", server, "port_per_host"), ("tls_cert", server, "tls_cert"),
-        ("tls_key", server, "tls_key"), ("tls_ca", server, "tls_ca"),
-        ("hosts", cluster, "hosts"), ("pools", cluster, "pools"), ("seed", cluster, "seed"),
-        ("time_scale", cluster, "time_scale"), ("task_seconds", cluster, "task_seconds"),
+        ("address", server, "address"),
+        ("port", server, "port"),
+        ("port_per_host", server, "port_per_host"),
+        ("tls_cert", server, "tls_cert"),
+        ("tls_key", server, "tls_key"),
+        ("tls_ca", server, "tls_ca"),
+        ("hosts", cluster, "hosts"),
+        ("pools", cluster, "pools"),
+        ("seed", cluster, "seed"),
+        ("time_scale", cluster, "time_scale"),
+        ("task_seconds", cluster, "task_seconds"),
         ("task_distribution", cluster, "task_distribution"),
-        ("vms_per_host", cluster, "vms_per_host"), ("state_dir", cluster, "state_dir"),
+        ("vms_per_host", cluster, "vms_per_host"),
+        ("state_dir", cluster, "state_dir"),
     ):
         value = getattr(args, flag)
         if value is not None:
@@ -83,23 +96,29 @@ async def serve(settings: Settings) -> None:
         await sim.stop()
 
 
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop where it is installed (it is a dependency on Linux), else on asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         settings = settings_from(args)
     except (ConfigError, ValueError) as e:
         print(f"vdsm-sim: {e}", file=sys.stderr)
         return 2
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # uvloop is optional where it does not build
-        runner = asyncio.run
     with contextlib.suppress(KeyboardInterrupt):
         try:
-            runner(serve(settings))
+            run(serve(settings))
         except OSError as e:
             print(f"vdsm-sim: cannot listen: {e}", file=sys.stderr)
             return 1

@@ -112,14 +112,21 @@ class Cluster:
         self.storage.save()
         for name in names:
             for _ in range(cfg.vms_per_host):
-                self.fleet.add_vm(str(uuid.uuid4()), f"vm-{name}-{_ + 1}", name,
-                                  memory_mb=cfg.vm_memory_mb)
+                self.fleet.add_vm(
+                    str(uuid.uuid4()), f"vm-{name}-{_ + 1}", name, memory_mb=cfg.vm_memory_mb
+                )
 
     def _new_host(self, name: str) -> SimHost:
         pool = self.storage.pool_of_host(name)
         host_id = pool.hosts.index(name) + 1 if pool else 1
-        host = SimHost(self, name, host_id, seed=self.config.seed, workers=self.config.workers,
-                       queue_size=self.config.queue_size)
+        host = SimHost(
+            self,
+            name,
+            host_id,
+            seed=self.config.seed,
+            workers=self.config.workers,
+            queue_size=self.config.queue_size,
+        )
         self.hosts[name] = host
         return host
 

@@ -36,8 +36,6 @@ class ConfigError(ValueError):
     pass
 
 
-
-
 def _expect(source: str, section: str, key: str, value: Any, template: Any) -> Any:
     where = f"{source}: [{section}] {key}"
     if isinstance(template, bool):

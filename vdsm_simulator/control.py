@@ -35,7 +35,9 @@ class ControlError(Exception):
 
 
 @web.middleware
-async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+async def _errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     try:
         return await handler(request)
     except ControlError as e:
@@ -73,7 +75,9 @@ def _pool(cluster: Cluster, request: web.Request) -> Pool:
     return pool
 
 
-def build_control_app(cluster: Cluster, on_host_down: HostDownHook | None = None) -> web.Application:
+def build_control_app(
+    cluster: Cluster, on_host_down: HostDownHook | None = None
+) -> web.Application:
     app = web.Application(middlewares=[_errors])
     app[CLUSTER_KEY] = cluster
     routes = web.RouteTableDef()
@@ -208,10 +212,13 @@ def build_control_app(cluster: Cluster, on_host_down: HostDownHook | None = None
     @routes.get("/pools/{pool}/volumes")
     async def volumes(request: web.Request) -> web.Response:
         pool = _pool(cluster, request)
-        return web.json_response([
-            v.info() | {"removing": v.removing, "used_by": v.used_by}
-            for d in pool.domains.values() for v in d.volumes.values()
-        ])
+        return web.json_response(
+            [
+                v.info() | {"removing": v.removing, "used_by": v.used_by}
+                for d in pool.domains.values()
+                for v in d.volumes.values()
+            ]
+        )
 
     app.add_routes(routes)
     return app

@@ -111,11 +111,13 @@ class SimHost:
 
     async def call(self, method: str, params: dict[str, Any] | list[Any]) -> Any:
         self.calls += 1
+        if self.is_recovering():  # VDSM answers 99 before it even looks the verb up
+            raise RecoveryInProgress()
         verb = self.verbs.get(method)
         if verb is None:
-            raise MethodNotFound(f"The method does not exist or is not available: {method!r}")
-        if self.is_recovering():
-            raise RecoveryInProgress()
+            raise MethodNotFound(
+                f"The method does not exist or is not available: {{'method': {method!r}}}"
+            )
         injected = self.faults.error_for(method)
         if injected is not None:
             raise CodedError(*injected)
@@ -151,7 +153,9 @@ class SimHost:
 
         storage = self.cluster.storage
         return {
-            "remove_volume": guarded(lambda pool, sd, vol: void(storage.remove_volume(pool, sd, vol))),
+            "remove_volume": guarded(
+                lambda pool, sd, vol: void(storage.remove_volume(pool, sd, vol))
+            ),
             "restore_volume": guarded(storage.restore_volume),
         }
 
@@ -165,7 +169,9 @@ class SimHost:
         t.add("Task.stop", self._void(lambda taskID: self.tasks.stop(taskID)), tid)
         t.add("Task.revert", self._void(lambda taskID: self.tasks.revert(taskID)), tid)
         t.add("Task.clear", self._void(lambda taskID: self.tasks.clear(taskID)), tid)
-        t.add("Host.getAllTasksStatuses", self._sync(lambda: self._spm_only(self.tasks.all_statuses)))
+        t.add(
+            "Host.getAllTasksStatuses", self._sync(lambda: self._spm_only(self.tasks.all_statuses))
+        )
         t.add("Host.getAllTasksInfo", self._sync(lambda: self._spm_only(self.tasks.all_info)))
         t.add("Host.getAllTasks", self._sync(lambda: self.tasks.all_tasks()))
         t.add("Host.ping2", self._sync(lambda: True))
@@ -263,8 +269,8 @@ class SimHost:
             recovery_actions=self._recovery_actions(),
         )
         self.gate = JobGate()
-        self.recovering_until = (
-            asyncio.get_running_loop().time() + self.clock.real(recovering_seconds)
+        self.recovering_until = asyncio.get_running_loop().time() + self.clock.real(
+            recovering_seconds
         )
 
     async def close(self) -> None:

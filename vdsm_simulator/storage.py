@@ -117,8 +117,15 @@ class Storage:
 
     # -- building -----------------------------------------------------------------------------
 
-    def add_pool(self, name: str, hosts: list[str], n_domains: int = 2, *, pool_id: str = "",
-                 domain_ids: list[str] | None = None) -> Pool:
+    def add_pool(
+        self,
+        name: str,
+        hosts: list[str],
+        n_domains: int = 2,
+        *,
+        pool_id: str = "",
+        domain_ids: list[str] | None = None,
+    ) -> Pool:
         pool_id = pool_id or str(uuid.uuid4())
         ids = domain_ids or [str(uuid.uuid4()) for _ in range(n_domains)]
         domains = {sd: Domain(sd, f"{name}-sd{i + 1}", pool_id) for i, sd in enumerate(ids)}

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from vdsm_simulator.errors import (
-    CodedError,
+    AcquireLockFailure,
     InvalidParameterException,
     IsSpm,
     SpmStatusError,
@@ -97,9 +97,15 @@ class StorageVerbs:
 
     # -- SPM ------------------------------------------------------------------------------
 
-    async def spm_start(self, storagepoolID: str, prevID: int, prevLver: Any,
-                        enableScsiFencing: Any, maxHostID: Any = None,
-                        domVersion: Any = None) -> str:
+    async def spm_start(
+        self,
+        storagepoolID: str,
+        prevID: int,
+        prevLver: Any,
+        enableScsiFencing: Any,
+        maxHostID: Any = None,
+        domVersion: Any = None,
+    ) -> str:
         pool = self.storage.pool(_uuid("storagepoolID", storagepoolID))
         if pool.spm_host == self.host.name:
             raise IsSpm(storagepoolID)
@@ -109,7 +115,7 @@ class StorageVerbs:
             await ctx.work(self.host.cluster.config.spm_start_seconds)
             holder = pool.spm_host
             if holder is not None and holder != self.host.name and cluster.host_alive(holder):
-                raise CodedError(651, f"Cannot obtain lock: \"id={pool.uuid}, rc=1, out=[], err=Held by host {holder}\"")
+                raise AcquireLockFailure(pool.uuid, 1, [], f"lease held by {holder}")
             if holder is not None and holder != self.host.name:
                 await cluster.drop_spm(pool)  # the old SPM is dead: its lease is fenced
             self.storage.set_spm(pool, self.host.name, self.host.host_id)
@@ -148,20 +154,39 @@ class StorageVerbs:
             "domains": ",".join(f"{sd}:Active" for sd in pool.domains),
         }
         dominfo = {
-            sd: {"status": "Active", "alerts": [], "isoprefix": "", "version": 5,
-                 "diskfree": str(1 << 40), "disktotal": str(2 << 40)}
+            sd: {
+                "status": "Active",
+                "alerts": [],
+                "isoprefix": "",
+                "version": 5,
+                "diskfree": str(1 << 40),
+                "disktotal": str(2 << 40),
+            }
             for sd in pool.domains
         }
         return {"info": info, "dominfo": dominfo}
 
     # -- volumes ----------------------------------------------------------------------------
 
-    async def volume_create(self, volumeID: str, storagepoolID: str, storagedomainID: str,
-                            imageID: str, size: Any, volFormat: Any, preallocate: Any,
-                            diskType: Any, desc: str, srcImgUUID: str, srcVolUUID: str,
-                            initialSize: Any = None, addBitmaps: bool = False,
-                            legal: bool = True, sequence: int = 0,
-                            bitmap: Any = None) -> str:
+    async def volume_create(
+        self,
+        volumeID: str,
+        storagepoolID: str,
+        storagedomainID: str,
+        imageID: str,
+        size: Any,
+        volFormat: Any,
+        preallocate: Any,
+        diskType: Any,
+        desc: str,
+        srcImgUUID: str,
+        srcVolUUID: str,
+        initialSize: Any = None,
+        addBitmaps: bool = False,
+        legal: bool = True,
+        sequence: int = 0,
+        bitmap: Any = None,
+    ) -> str:
         pool = self._spm_pool(storagepoolID)
         domain = self.storage.domain(pool.uuid, _uuid("storagedomainID", storagedomainID))
         vol = Volume(
@@ -181,10 +206,13 @@ class StorageVerbs:
         duration = self.host.draw_duration(2.0 if vol.allocation == "PREALLOCATED" else 1.0)
 
         async def create(ctx: JobContext) -> Any:
-            ctx.push_recovery(Recovery(
-                f"createVolume rollback: {vol.uuid}", "remove_volume",
-                (vol.pool, vol.domain, vol.uuid),
-            ))
+            ctx.push_recovery(
+                Recovery(
+                    f"createVolume rollback: {vol.uuid}",
+                    "remove_volume",
+                    (vol.pool, vol.domain, vol.uuid),
+                )
+            )
             self.storage.add_volume(vol)
             await self._finish_job(ctx, duration, abortable=vol.allocation == "PREALLOCATED")
             if legal:
@@ -193,10 +221,23 @@ class StorageVerbs:
 
         return await self._schedule("createVolume", create)
 
-    async def volume_copy(self, volumeID: str, storagepoolID: str, storagedomainID: str,
-                          imageID: str, dstSdUUID: str, dstImgUUID: str, dstVolUUID: str,
-                          desc: str, volType: Any, volFormat: Any, preallocate: Any,
-                          postZero: bool, force: bool, discard: bool = False) -> str:
+    async def volume_copy(
+        self,
+        volumeID: str,
+        storagepoolID: str,
+        storagedomainID: str,
+        imageID: str,
+        dstSdUUID: str,
+        dstImgUUID: str,
+        dstVolUUID: str,
+        desc: str,
+        volType: Any,
+        volFormat: Any,
+        preallocate: Any,
+        postZero: bool,
+        force: bool,
+        discard: bool = False,
+    ) -> str:
         pool = self._spm_pool(storagepoolID)
         src = self.storage.volume(pool.uuid, storagedomainID, imageID, volumeID)
         dst_domain = self.storage.domain(pool.uuid, _uuid("dstSdUUID", dstSdUUID))
@@ -216,10 +257,13 @@ class StorageVerbs:
         duration = self.host.draw_duration(3.0)
 
         async def copy(ctx: JobContext) -> Any:
-            ctx.push_recovery(Recovery(
-                f"copyImage rollback: {dst.uuid}", "remove_volume",
-                (dst.pool, dst.domain, dst.uuid),
-            ))
+            ctx.push_recovery(
+                Recovery(
+                    f"copyImage rollback: {dst.uuid}",
+                    "remove_volume",
+                    (dst.pool, dst.domain, dst.uuid),
+                )
+            )
             self.storage.add_volume(dst)
             await self._finish_job(ctx, duration, abortable=True)  # qemu-img convert
             self.storage.set_legality(dst, "LEGAL")
@@ -227,22 +271,32 @@ class StorageVerbs:
 
         return await self._schedule("copyImage", copy)
 
-    async def volume_delete(self, volumeID: str, storagepoolID: str, storagedomainID: str,
-                            imageID: str, postZero: bool, force: bool,
-                            discard: bool = False) -> str:
+    async def volume_delete(
+        self,
+        volumeID: str,
+        storagepoolID: str,
+        storagedomainID: str,
+        imageID: str,
+        postZero: bool,
+        force: bool,
+        discard: bool = False,
+    ) -> str:
         pool = self._spm_pool(storagepoolID)
         vol = self.storage.volume(pool.uuid, storagedomainID, imageID, volumeID)
         self.storage.mark_removing([vol], True)
         return await self._schedule("deleteVolume", self._purge_job([vol], postZero))
 
-    async def volume_info(self, volumeID: str, storagepoolID: str, storagedomainID: str,
-                          imageID: str) -> dict[str, Any]:
+    async def volume_info(
+        self, volumeID: str, storagepoolID: str, storagedomainID: str, imageID: str
+    ) -> dict[str, Any]:
         vol = self.storage.volume(storagepoolID, storagedomainID, imageID, volumeID)
         return vol.info()
 
     # -- images --------------------------------------------------------------------------------
 
-    def _purge_job(self, vols: list[Volume], post_zero: bool) -> Callable[[JobContext], Awaitable[Any]]:
+    def _purge_job(
+        self, vols: list[Volume], post_zero: bool
+    ) -> Callable[[JobContext], Awaitable[Any]]:
         duration = self.host.draw_duration(1.0 if post_zero else 0.25)
 
         async def purge(ctx: JobContext) -> Any:
@@ -253,23 +307,40 @@ class StorageVerbs:
 
         return purge
 
-    async def image_delete(self, imageID: str, storagepoolID: str, storagedomainID: str,
-                           postZero: bool, force: bool, discard: bool = False) -> str:
+    async def image_delete(
+        self,
+        imageID: str,
+        storagepoolID: str,
+        storagedomainID: str,
+        postZero: bool,
+        force: bool,
+        discard: bool = False,
+    ) -> str:
         pool = self._spm_pool(storagepoolID)
-        vols = [v for v in self.storage.image(pool.uuid, storagedomainID, imageID)
-                if not v.removing]
+        vols = [
+            v for v in self.storage.image(pool.uuid, storagedomainID, imageID) if not v.removing
+        ]
         if not vols:
             self.storage.image(pool.uuid, storagedomainID, BLANK_UUID)  # raises 268
         self.storage.mark_removing(vols, True)  # VDSM renames the image before the job runs
         return await self._schedule("deleteImage", self._purge_job(vols, postZero))
 
-    async def image_move(self, imageID: str, storagepoolID: str, storagedomainID: str,
-                         dstSdUUID: str, operation: Any, postZero: bool, force: bool,
-                         discard: bool = False) -> str:
+    async def image_move(
+        self,
+        imageID: str,
+        storagepoolID: str,
+        storagedomainID: str,
+        dstSdUUID: str,
+        operation: Any,
+        postZero: bool,
+        force: bool,
+        discard: bool = False,
+    ) -> str:
         pool = self._spm_pool(storagepoolID)
         op = _enum("operation", MOVE_OPERATIONS, operation)
-        src_vols = [v for v in self.storage.image(pool.uuid, storagedomainID, imageID)
-                    if not v.removing]
+        src_vols = [
+            v for v in self.storage.image(pool.uuid, storagedomainID, imageID) if not v.removing
+        ]
         dst_domain = self.storage.domain(pool.uuid, _uuid("dstSdUUID", dstSdUUID))
         for v in src_vols:
             if v.uuid in dst_domain.volumes:
@@ -280,10 +351,13 @@ class StorageVerbs:
             copies = []
             for v in src_vols:
                 copy = Volume(**{**asdict(v), "domain": dst_domain.uuid, "legality": "ILLEGAL"})
-                ctx.push_recovery(Recovery(
-                    f"moveImage rollback: {copy.uuid}", "remove_volume",
-                    (copy.pool, copy.domain, copy.uuid),
-                ))
+                ctx.push_recovery(
+                    Recovery(
+                        f"moveImage rollback: {copy.uuid}",
+                        "remove_volume",
+                        (copy.pool, copy.domain, copy.uuid),
+                    )
+                )
                 self.storage.add_volume(copy)
                 copies.append(copy)
             await self._finish_job(ctx, duration, abortable=True)
@@ -291,27 +365,36 @@ class StorageVerbs:
                 self.storage.set_legality(copy, "LEGAL")
             if op == "MOVE":
                 for v in src_vols:
-                    ctx.push_recovery(Recovery(
-                        f"moveImage source restore: {v.uuid}", "restore_volume",
-                        (v.pool, v.domain, v.uuid),
-                    ))
+                    ctx.push_recovery(
+                        Recovery(
+                            f"moveImage source restore: {v.uuid}",
+                            "restore_volume",
+                            (v.pool, v.domain, v.uuid),
+                        )
+                    )
                     self.storage.remove_volume(v.pool, v.domain, v.uuid, keep=True)
             return None
 
         return await self._schedule("moveImage", move)
 
-    async def domain_volumes(self, storagedomainID: str, storagepoolID: str,
-                             imageID: str = BLANK_UUID) -> list[str]:
+    async def domain_volumes(
+        self, storagedomainID: str, storagepoolID: str, imageID: str = BLANK_UUID
+    ) -> list[str]:
         domain = self.storage.domain(storagepoolID, storagedomainID)
         return [
-            v.uuid for v in domain.volumes.values()
+            v.uuid
+            for v in domain.volumes.values()
             if not v.removing and (imageID in (BLANK_UUID, "", None) or v.image == imageID)
         ]
 
-    async def image_volumes(self, imageID: str, storagepoolID: str,
-                            storagedomainID: str) -> list[str]:
-        return [v.uuid for v in self.storage.image(storagepoolID, storagedomainID, imageID)
-                if not v.removing]
+    async def image_volumes(
+        self, imageID: str, storagepoolID: str, storagedomainID: str
+    ) -> list[str]:
+        return [
+            v.uuid
+            for v in self.storage.image(storagepoolID, storagedomainID, imageID)
+            if not v.removing
+        ]
 
 
 def register_storage_verbs(host: SimHost) -> None:
@@ -321,26 +404,78 @@ def register_storage_verbs(host: SimHost) -> None:
     sd = Param("storagedomainID", "str")
     img = Param("imageID", "str")
     vol = Param("volumeID", "str")
-    zero, force, discard = Param("postZero", "bool"), Param("force", "bool"), Param("discard", "bool", False)
-    t.add("StoragePool.spmStart", v.spm_start, pool, Param("prevID", "int"),
-          Param("prevLver", "intstr"), Param("enableScsiFencing", "any"),
-          Param("maxHostID", "int", None), Param("domVersion", "intstr", None))
+    zero, force, discard = (
+        Param("postZero", "bool"),
+        Param("force", "bool"),
+        Param("discard", "bool", False),
+    )
+    t.add(
+        "StoragePool.spmStart",
+        v.spm_start,
+        pool,
+        Param("prevID", "int"),
+        Param("prevLver", "intstr"),
+        Param("enableScsiFencing", "any"),
+        Param("maxHostID", "int", None),
+        Param("domVersion", "intstr", None),
+    )
     t.add("StoragePool.spmStop", v.spm_stop, pool)
     t.add("StoragePool.getSpmStatus", v.get_spm_status, pool)
     t.add("StoragePool.getInfo", v.pool_info, pool)
-    t.add("Volume.create", v.volume_create, vol, pool, sd, img, Param("size", "intstr"),
-          Param("volFormat", "enum"), Param("preallocate", "enum"), Param("diskType", "any"),
-          Param("desc", "str"), Param("srcImgUUID", "str"), Param("srcVolUUID", "str"),
-          Param("initialSize", "intstr", None), Param("addBitmaps", "bool", False),
-          Param("legal", "bool", True), Param("sequence", "int", 0), Param("bitmap", "str", None))
-    t.add("Volume.copy", v.volume_copy, vol, pool, sd, img, Param("dstSdUUID", "str"),
-          Param("dstImgUUID", "str"), Param("dstVolUUID", "str"), Param("desc", "str"),
-          Param("volType", "enum"), Param("volFormat", "enum"), Param("preallocate", "enum"),
-          zero, force, discard)
+    t.add(
+        "Volume.create",
+        v.volume_create,
+        vol,
+        pool,
+        sd,
+        img,
+        Param("size", "intstr"),
+        Param("volFormat", "enum"),
+        Param("preallocate", "enum"),
+        Param("diskType", "any"),
+        Param("desc", "str"),
+        Param("srcImgUUID", "str"),
+        Param("srcVolUUID", "str"),
+        Param("initialSize", "intstr", None),
+        Param("addBitmaps", "bool", False),
+        Param("legal", "bool", True),
+        Param("sequence", "int", 0),
+        Param("bitmap", "str", None),
+    )
+    t.add(
+        "Volume.copy",
+        v.volume_copy,
+        vol,
+        pool,
+        sd,
+        img,
+        Param("dstSdUUID", "str"),
+        Param("dstImgUUID", "str"),
+        Param("dstVolUUID", "str"),
+        Param("desc", "str"),
+        Param("volType", "enum"),
+        Param("volFormat", "enum"),
+        Param("preallocate", "enum"),
+        zero,
+        force,
+        discard,
+    )
     t.add("Volume.delete", v.volume_delete, vol, pool, sd, img, zero, force, discard)
     t.add("Volume.getInfo", v.volume_info, vol, pool, sd, img)
     t.add("Image.delete", v.image_delete, img, pool, sd, zero, force, discard)
-    t.add("Image.move", v.image_move, img, pool, sd, Param("dstSdUUID", "str"),
-          Param("operation", "enum"), zero, force, discard)
+    t.add(
+        "Image.move",
+        v.image_move,
+        img,
+        pool,
+        sd,
+        Param("dstSdUUID", "str"),
+        Param("operation", "enum"),
+        zero,
+        force,
+        discard,
+    )
     t.add("Image.getVolumes", v.image_volumes, img, pool, sd)
-    t.add("StorageDomain.getVolumes", v.domain_volumes, sd, pool, Param("imageID", "str", BLANK_UUID))
+    t.add(
+        "StorageDomain.getVolumes", v.domain_volumes, sd, pool, Param("imageID", "str", BLANK_UUID)
+    )

@@ -31,8 +31,9 @@ def register_vm_verbs(host: SimHost) -> None:
     async def get_stats(vmID: str) -> Any:
         return fleet.get_stats(name, vmID)
 
-    async def vm_list(fullStatus: bool = False, vmList: list[str] | None = None,
-                      onlyUUID: bool = False) -> Any:
+    async def vm_list(
+        fullStatus: bool = False, vmList: list[str] | None = None, onlyUUID: bool = False
+    ) -> Any:
         return fleet.get_vm_list(name, fullStatus, vmList or None)
 
     async def all_stats() -> Any:
@@ -55,8 +56,11 @@ def register_vm_verbs(host: SimHost) -> None:
     t.add("VM.migrate", migrate, vm, Param("params", "dict"))
     t.add("VM.migrateCancel", migrate_cancel, vm)
     t.add("VM.getMigrationStatus", migration_status, vm)
-    listing = (Param("fullStatus", "bool", False), Param("vmList", "list", None),
-               Param("onlyUUID", "bool", False))
+    listing = (
+        Param("fullStatus", "bool", False),
+        Param("vmList", "list", None),
+        Param("onlyUUID", "bool", False),
+    )
     t.add("Host.getVMList", vm_list, *listing)
     t.add("Host.getVMFullList", vm_list, *listing)
     t.add("Host.getAllVmStats", all_stats)
@@ -68,13 +72,20 @@ def register_vm_verbs(host: SimHost) -> None:
             await host.clock.sleep(seconds / 10)
             progress(step * 10)
 
-    async def copy_data(job_id: str, source: dict[str, Any], destination: dict[str, Any],
-                        copy_bitmaps: bool = False) -> bool:
+    async def copy_data(
+        job_id: str, source: dict[str, Any], destination: dict[str, Any], copy_bitmaps: bool = False
+    ) -> bool:
         return host.jobs.sdm_copy_data(job_id, source, destination, copy_bitmaps, run=copy_run)
 
     async def sparsify(job_id: str, vol_info: dict[str, Any]) -> bool:
         return host.jobs.sdm_sparsify_volume(job_id, vol_info, run=host.draw_duration())
 
-    t.add("SDM.copy_data", copy_data, Param("job_id", "str"), Param("source", "dict"),
-          Param("destination", "dict"), Param("copy_bitmaps", "bool", False))
+    t.add(
+        "SDM.copy_data",
+        copy_data,
+        Param("job_id", "str"),
+        Param("source", "dict"),
+        Param("destination", "dict"),
+        Param("copy_bitmaps", "bool", False),
+    )
     t.add("SDM.sparsify_volume", sparsify, Param("job_id", "str"), Param("vol_info", "dict"))

@@ -91,7 +91,10 @@ class StompRpcClient:
         reader, writer = await asyncio.open_connection(
             self.address, self.port, ssl=self.ssl_context, limit=2**20
         )
-        headers = {"accept-version": "1.2", "heart-beat": f"{self.heartbeat_ms},{self.heartbeat_ms}"}
+        headers = {
+            "accept-version": "1.2",
+            "heart-beat": f"{self.heartbeat_ms},{self.heartbeat_ms}",
+        }
         if self.host_header:
             headers["host"] = self.host_header
         writer.write(encode_frame(Frame("CONNECT", headers)))
@@ -103,7 +106,9 @@ class StompRpcClient:
                 raise StompError("connection closed before CONNECTED")
             for frame in parser.feed(data):
                 if frame.command == "ERROR":
-                    raise StompError(frame.headers.get("message", frame.body.decode(errors="replace")))
+                    raise StompError(
+                        frame.headers.get("message", frame.body.decode(errors="replace"))
+                    )
                 if frame.command == "CONNECTED":
                     connected = frame
         server_beat = connected.headers.get("heart-beat", "0,0").split(",")
@@ -111,8 +116,13 @@ class StompRpcClient:
         send_every = max(self.heartbeat_ms, sy) / 1000 if self.heartbeat_ms and sy else 0.0
         expect_every = max(sx, self.heartbeat_ms) / 1000 if sx and self.heartbeat_ms else 0.0
         for dest in (self.response_destination, EVENTS):
-            writer.write(encode_frame(Frame("SUBSCRIBE", {
-                "destination": dest, "id": str(uuid.uuid4()), "ack": "auto"})))
+            writer.write(
+                encode_frame(
+                    Frame(
+                        "SUBSCRIBE", {"destination": dest, "id": str(uuid.uuid4()), "ack": "auto"}
+                    )
+                )
+            )
         await writer.drain()
         self._writer = writer
         self.connects += 1
@@ -120,7 +130,9 @@ class StompRpcClient:
         if send_every:
             self._tasks.append(asyncio.create_task(self._beat(writer, send_every)))
 
-    async def _read(self, reader: asyncio.StreamReader, parser: FrameParser, expect_every: float) -> None:
+    async def _read(
+        self, reader: asyncio.StreamReader, parser: FrameParser, expect_every: float
+    ) -> None:
         """Route replies to their calls; silence longer than 3 peer heart-beats is a dead link."""
         reason: VdsmCallError = ConnectionLost(5022, "connection closed by peer", "", self.label)
         try:
@@ -140,7 +152,9 @@ class StompRpcClient:
                     if frame.command == "MESSAGE":
                         self._deliver(frame.body)
                     elif frame.command == "ERROR":
-                        message = frame.headers.get("message", "") or frame.body.decode(errors="replace")
+                        message = frame.headers.get("message", "") or frame.body.decode(
+                            errors="replace"
+                        )
                         reason = ConnectionLost(5022, f"STOMP ERROR: {message}", "", self.label)
         except (OSError, StompError) as e:
             reason = ConnectionLost(5022, f"connection failed: {e}", "", self.label)
@@ -163,7 +177,8 @@ class StompRpcClient:
             if not isinstance(item, dict):
                 continue
             if "id" not in item and "method" in item:
-                params = item.get("params") if isinstance(item.get("params"), dict) else {}
+                raw = item.get("params")
+                params: dict[str, Any] = raw if isinstance(raw, dict) else {}
                 for listener in list(self._listeners):
                     listener(str(item["method"]), params)
                 continue
@@ -181,7 +196,9 @@ class StompRpcClient:
         pending, self._pending = self._pending, {}
         for call_id, future in pending.items():
             if not future.done():
-                future.set_exception(type(reason)(reason.vdsm_code, reason.message, call_id, self.label))
+                future.set_exception(
+                    type(reason)(reason.vdsm_code, reason.message, call_id, self.label)
+                )
         if writer is not None:
             writer.close()
             with contextlib.suppress(Exception):
@@ -211,14 +228,16 @@ class StompRpcClient:
         method: str,
         params: dict[str, Any] | Sequence[Any] | None = None,
         *,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - a per-call deadline, as the engine has
         correlation_id: str | None = None,
     ) -> Any:
         """One call; returns the (unwrapped) result or raises the VDSM error as an exception."""
         if not self.connected:
             await self.connect()
         call_id = str(uuid.uuid4())
-        params_arg = tuple(params) if isinstance(params, list | tuple) else params
+        params_arg: dict[str, Any] | tuple[Any, ...] | None = (
+            params if params is None or isinstance(params, dict) else tuple(params)
+        )
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = future
         headers = {"ovirtCorrelationId": correlation_id} if correlation_id else None
@@ -228,7 +247,10 @@ class StompRpcClient:
                 reply = await future
         except TimeoutError:
             raise ClientTimeout(
-                5022, "Message timeout which can be caused by communication issues", method, self.label
+                5022,
+                "Message timeout which can be caused by communication issues",
+                method,
+                self.label,
             ) from None
         except ConnectionLost as e:
             raise ConnectionLost(e.vdsm_code, e.message, method, self.label) from None
@@ -240,7 +262,9 @@ class StompRpcClient:
         try:
             parsed = parse(reply)
         except (KeyError, TypeError, ValueError) as e:
-            raise VdsmCallError(-32603, f"malformed reply {reply!r}: {e}", method, self.label) from None
+            raise VdsmCallError(
+                -32603, f"malformed reply {reply!r}: {e}", method, self.label
+            ) from None
         if isinstance(parsed, Ok):
             return parsed.result
         if isinstance(parsed, Error):
@@ -254,9 +278,16 @@ class StompRpcClient:
         self._send(notification(method, params=params))
 
     async def batch(
-        self, calls: Sequence[tuple[str, dict[str, Any] | None]], *, timeout: float | None = None
+        self,
+        calls: Sequence[tuple[str, dict[str, Any] | None]],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - a per-call deadline, as the engine has
     ) -> list[Any]:
-        """Several calls in one message; each entry is a result or the exception it raised."""
+        """Several calls in one message; each entry is a result or the exception it raised.
+
+        For the simulator and tools only: real VDSM never answers a batch sent over STOMP (its
+        reply path takes one JSON object), so the daemon itself sends one request per message.
+        """
         if not self.connected:
             await self.connect()
         loop = asyncio.get_running_loop()
@@ -268,8 +299,12 @@ class StompRpcClient:
             async with asyncio.timeout(self.timeout if timeout is None else timeout):
                 replies = [await futures[i] for i in ids]
         except TimeoutError:
-            raise ClientTimeout(5022, "Message timeout which can be caused by communication issues",
-                                "batch", self.label) from None
+            raise ClientTimeout(
+                5022,
+                "Message timeout which can be caused by communication issues",
+                "batch",
+                self.label,
+            ) from None
         finally:
             for i in ids:
                 self._pending.pop(i, None)

@@ -1,0 +1,252 @@
+"""SQLite persistence: schema migrations, one writer with group commit, and loading at start.
+
+The in-memory job trees are the truth while the daemon runs; SQLite is how they survive it. Every
+change is queued as a whole record (an upsert of its JSON document, or a delete) and one writer
+coroutine drains the queue into a single transaction per round, so a burst of a thousand changes
+costs one commit. `write()` returns only once the transaction holding the change committed: that
+is what the API waits for before it acknowledges a job, a cancel or a task id.
+
+The writer is its own asyncio task, so a caller that is cancelled while it waits never cancels the
+write (asyncio's edge-triggered cancellation and aiosqlite's worker thread would otherwise leave
+it unclear whether a commit happened; see spec/prior-art.md §5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import aiosqlite
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["job", "step", "command", "task", "lock", "host", "purge", "barrier"]
+
+# Each table keeps the record as a JSON document plus the columns queries and restarts need.
+_TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "job": ("jobs", ("status", "action", "correlation_id", "owner", "created_at", "ended_at")),
+    "step": ("steps", ("job_id",)),
+    "command": ("commands", ("job_id",)),
+    "task": ("tasks", ("job_id", "host", "status", "vdsm_id")),
+    "lock": ("locks", ("job_id",)),
+    "host": ("hosts", ()),
+}
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY, status TEXT NOT NULL, action TEXT NOT NULL,
+        correlation_id TEXT NOT NULL, owner INTEGER NOT NULL, created_at REAL NOT NULL,
+        ended_at REAL, doc TEXT NOT NULL);
+    CREATE INDEX jobs_status ON jobs(status);
+    CREATE INDEX jobs_correlation ON jobs(correlation_id);
+    CREATE TABLE steps (id TEXT PRIMARY KEY, job_id TEXT NOT NULL, doc TEXT NOT NULL);
+    CREATE INDEX steps_job ON steps(job_id);
+    CREATE TABLE commands (id TEXT PRIMARY KEY, job_id TEXT NOT NULL, doc TEXT NOT NULL);
+    CREATE INDEX commands_job ON commands(job_id);
+    CREATE TABLE tasks (
+        id TEXT PRIMARY KEY, job_id TEXT NOT NULL, host TEXT NOT NULL, status TEXT NOT NULL,
+        vdsm_id TEXT, doc TEXT NOT NULL);
+    CREATE INDEX tasks_job ON tasks(job_id);
+    CREATE TABLE locks (id TEXT PRIMARY KEY, job_id TEXT NOT NULL, doc TEXT NOT NULL);
+    CREATE INDEX locks_job ON locks(job_id);
+    CREATE TABLE hosts (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+    """,
+]
+
+
+class StoreError(RuntimeError):
+    """The database could not be written; the change it carried was not acknowledged."""
+
+
+@dataclass(slots=True)
+class _Op:
+    kind: Kind
+    key: str
+    doc: dict[str, Any] | None  # None deletes
+    done: asyncio.Future[None] | None = None
+
+
+@dataclass
+class StoreStats:
+    commits: int = 0
+    ops: int = 0
+    last_commit_seconds: float = 0.0
+    commit_seconds: list[float] = field(default_factory=list)  # recent, for metrics
+
+
+class Store:
+    def __init__(
+        self, path: Path | str, *, synchronous: str = "FULL", batch_limit: int = 5000
+    ) -> None:
+        if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA", "OFF"):
+            raise ValueError(f"synchronous must be FULL, NORMAL, EXTRA or OFF, got {synchronous!r}")
+        self.path = Path(path)
+        self.synchronous = synchronous.upper()
+        self.batch_limit = batch_limit
+        self.stats = StoreStats()
+        self._db: aiosqlite.Connection | None = None
+        self._queue: asyncio.Queue[_Op | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._failed: BaseException | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute(f"PRAGMA synchronous={self.synchronous}")
+        await self._db.execute("PRAGMA foreign_keys=ON")
+        await self._migrate()
+        self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
+
+    async def _migrate(self) -> None:
+        assert self._db is not None
+        async with self._db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"{self.path}: schema version {version} is newer than this daemon knows "
+                f"({len(MIGRATIONS)}); refusing to touch it"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            log.info("store %s: applying migration %d", self.path, number)
+            await self._db.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
+
+    async def close(self) -> None:
+        """Write everything queued, then close."""
+        if self._writer is not None:
+            await self._queue.put(None)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def put_nowait(self, kind: Kind, key: str, doc: dict[str, Any] | None) -> asyncio.Future[None]:
+        """Queue a change; the returned future resolves when it is committed."""
+        if self._failed is not None:
+            raise StoreError(f"store is failed: {self._failed}")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Op(kind, key, doc, done))
+        return done
+
+    async def write(self, kind: Kind, key: str, doc: dict[str, Any] | None) -> None:
+        """Queue a change and wait until it is committed (a durable acknowledgement)."""
+        await self.put_nowait(kind, key, doc)
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed."""
+        await self.put_nowait("barrier", "", None)
+
+    async def purge_jobs(self, job_ids: Iterable[str]) -> None:
+        """Delete jobs and everything that hangs off them; committed in the writer's order."""
+        waits = [self.put_nowait("purge", job_id, None) for job_id in job_ids]
+        if waits:
+            await asyncio.gather(*waits)
+
+    async def _write_loop(self) -> None:
+        assert self._db is not None
+        closing = False
+        while not closing:
+            first = await self._queue.get()
+            batch: list[_Op] = []
+            if first is None:
+                closing = True
+            else:
+                batch.append(first)
+            while not self._queue.empty() and len(batch) < self.batch_limit:
+                op = self._queue.get_nowait()
+                if op is None:
+                    closing = True
+                    break
+                batch.append(op)
+            if batch:
+                await self._commit(batch)
+
+    async def _commit(self, batch: list[_Op]) -> None:
+        assert self._db is not None
+        started = time.perf_counter()
+        try:
+            await self._db.execute("BEGIN IMMEDIATE")
+            for kind, rows in _group(batch):
+                if kind == "purge":
+                    ids = [(k,) for k, _ in rows]
+                    for table in ("steps", "commands", "tasks", "locks"):
+                        await self._db.executemany(f"DELETE FROM {table} WHERE job_id = ?", ids)
+                    await self._db.executemany("DELETE FROM jobs WHERE id = ?", ids)
+                    continue
+                table, columns = _TABLES[kind]
+                upserts = [(k, d) for k, d in rows if d is not None]
+                deletes = [(k,) for k, d in rows if d is None and k]
+                if upserts:
+                    names = ", ".join(("id", *columns, "doc"))
+                    marks = ", ".join("?" * (len(columns) + 2))
+                    await self._db.executemany(
+                        f"INSERT OR REPLACE INTO {table} ({names}) VALUES ({marks})",
+                        [(k, *(_column(d, c) for c in columns), json.dumps(d)) for k, d in upserts],
+                    )
+                if deletes:
+                    await self._db.executemany(f"DELETE FROM {table} WHERE id = ?", deletes)
+            await self._db.execute("COMMIT")
+        except Exception as e:
+            log.exception("store commit of %d changes failed", len(batch))
+            with contextlib.suppress(Exception):
+                await self._db.execute("ROLLBACK")
+            self._failed = e
+            for op in batch:
+                if op.done is not None and not op.done.done():
+                    op.done.set_exception(StoreError(f"commit failed: {e}"))
+            return
+        elapsed = time.perf_counter() - started
+        self.stats.commits += 1
+        self.stats.ops += len(batch)
+        self.stats.last_commit_seconds = elapsed
+        self.stats.commit_seconds.append(elapsed)
+        del self.stats.commit_seconds[:-1000]
+        for op in batch:
+            if op.done is not None and not op.done.done():
+                op.done.set_result(None)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def load(self, kind: Kind) -> list[dict[str, Any]]:
+        """Every record of a kind, as written (used once at start)."""
+        assert self._db is not None
+        table, _ = _TABLES[kind]
+        async with self._db.execute(f"SELECT doc FROM {table}") as cur:
+            rows = await cur.fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+
+def _column(doc: dict[str, Any], column: str) -> Any:
+    value = doc.get(column)
+    return getattr(value, "value", value)  # enums are stored as their value
+
+
+def _group(batch: list[_Op]) -> list[tuple[Kind, list[tuple[str, dict[str, Any] | None]]]]:
+    """Per kind, the last change of each key in queue order (earlier ones are superseded)."""
+    latest: dict[Kind, dict[str, dict[str, Any] | None]] = {}
+    for op in batch:
+        if op.key and op.kind != "barrier":
+            per_kind = latest.setdefault(op.kind, {})
+            per_kind.pop(op.key, None)  # keep queue order of the last write
+            per_kind[op.key] = op.doc
+    # Purges go last: a purged job's rows must not come back from a write earlier in the batch.
+    return sorted(
+        ((kind, list(rows.items())) for kind, rows in latest.items()),
+        key=lambda item: item[0] == "purge",
+    )

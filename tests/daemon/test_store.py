@@ -1,0 +1,145 @@
+"""The store's promises: what `write` acknowledged is on disk, group commit, migrations, purge."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from daemon.store import MIGRATIONS, Store, StoreError
+
+
+async def open_store(path: Path, **kw: object) -> Store:
+    store = Store(path, **kw)  # type: ignore[arg-type]
+    await store.open()
+    return store
+
+
+async def test_write_then_load_round_trip(tmp_path: Path) -> None:
+    store = await open_store(tmp_path / "s.db")
+    await store.write(
+        "job",
+        "j1",
+        {
+            "id": "j1",
+            "status": "STARTED",
+            "action": "RefreshHost",
+            "correlation_id": "c",
+            "owner": 0,
+            "created_at": 1.0,
+        },
+    )
+    await store.write("step", "s1", {"id": "s1", "job_id": "j1", "type": "VALIDATING"})
+    await store.close()
+    store = await open_store(tmp_path / "s.db")
+    assert [j["id"] for j in await store.load("job")] == ["j1"]
+    assert (await store.load("step"))[0]["type"] == "VALIDATING"
+    await store.close()
+
+
+async def test_many_writes_share_few_commits(tmp_path: Path) -> None:
+    store = await open_store(tmp_path / "s.db", synchronous="NORMAL")
+    futures = [
+        store.put_nowait("step", f"s{i}", {"id": f"s{i}", "job_id": "j"}) for i in range(2000)
+    ]
+    await asyncio.gather(*futures)
+    assert store.stats.ops == 2000
+    assert store.stats.commits < 20  # group commit, not one transaction per change
+    assert len(await store.load("step")) == 2000
+    await store.close()
+
+
+async def test_last_write_of_a_key_wins_and_delete_removes(tmp_path: Path) -> None:
+    store = await open_store(tmp_path / "s.db")
+    store.put_nowait("task", "t", {"id": "t", "job_id": "j", "host": "h", "status": "SUBMITTING"})
+    store.put_nowait("task", "t", {"id": "t", "job_id": "j", "host": "h", "status": "POLLING"})
+    store.put_nowait("lock", "vm:1", {"id": "vm:1", "job_id": "j"})
+    store.put_nowait("lock", "vm:1", None)
+    await store.flush()
+    assert [t["status"] for t in await store.load("task")] == ["POLLING"]
+    assert await store.load("lock") == []
+    await store.close()
+
+
+async def test_purge_removes_a_job_and_its_rows(tmp_path: Path) -> None:
+    store = await open_store(tmp_path / "s.db")
+    for job in ("keep", "drop"):
+        store.put_nowait(
+            "job",
+            job,
+            {
+                "id": job,
+                "status": "FINISHED",
+                "action": "a",
+                "correlation_id": job,
+                "owner": 0,
+                "created_at": 0.0,
+            },
+        )
+        store.put_nowait("step", f"{job}-s", {"id": f"{job}-s", "job_id": job})
+        store.put_nowait(
+            "task", f"{job}-t", {"id": f"{job}-t", "job_id": job, "host": "h", "status": "CLEARED"}
+        )
+    await store.purge_jobs(["drop"])
+    assert [j["id"] for j in await store.load("job")] == ["keep"]
+    assert [s["id"] for s in await store.load("step")] == ["keep-s"]
+    assert [t["id"] for t in await store.load("task")] == ["keep-t"]
+    await store.close()
+
+
+async def test_migrations_set_the_version_and_refuse_a_newer_schema(tmp_path: Path) -> None:
+    store = await open_store(tmp_path / "s.db")
+    await store.close()
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        db.execute(f"PRAGMA user_version={len(MIGRATIONS) + 1}")
+    with pytest.raises(StoreError, match="newer than this daemon knows"):
+        await open_store(tmp_path / "s.db")
+
+
+def test_bad_synchronous_setting_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="synchronous must be"):
+        Store(tmp_path / "s.db", synchronous="sometimes")
+
+
+def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
+    """A child process acknowledges writes one by one and is killed; every ack must be on disk."""
+    db = tmp_path / "s.db"
+    script = textwrap.dedent(f"""
+        import asyncio, os, sys
+        from daemon.store import Store
+        async def main():
+            store = Store({str(db)!r})
+            await store.open()
+            i = 0
+            while True:
+                await store.write("job", f"j{{i}}", {{"id": f"j{{i}}", "status": "STARTED",
+                    "action": "a", "correlation_id": "c", "owner": 0, "created_at": 0.0}})
+                print(i, flush=True)
+                i += 1
+        asyncio.run(main())
+    """)
+    child = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+    )
+    assert child.stdout is not None
+    acked = -1
+    for line in child.stdout:
+        acked = int(line)
+        if acked >= 200:
+            break
+    child.kill()
+    child.wait()
+    with sqlite3.connect(db) as conn:
+        stored = {row[0] for row in conn.execute("SELECT id FROM jobs")}
+    assert {f"j{i}" for i in range(acked + 1)} <= stored

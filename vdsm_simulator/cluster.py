@@ -197,13 +197,18 @@ class Cluster:
         self.storage.set_spm(pool, host_name, host.host_id)
         store = self.pool_task_store(pool)
         if store is not None:
-            await host.tasks.load_persisted(store)
+            await host.tasks.load_persisted(store, skip_known=True)
 
     async def drop_spm(self, pool: Pool) -> list[str]:
-        """The SPM loses its role: its in-memory SPM tasks are gone, their files stay on storage."""
+        """The SPM loses its lease: its in-memory SPM tasks are gone, their files stay on storage.
+
+        VDSM panics when it loses the SPM lease, so the jobs of those tasks die with it rather
+        than carry on and overwrite what the next SPM recovers. (spmStop is not this: it keeps
+        the tasks, see StorageVerbs.spm_stop.)
+        """
         dropped: list[str] = []
         if pool.spm_host is not None and pool.spm_host in self.hosts:
-            dropped = self.hosts[pool.spm_host].tasks.drop_tag("spm")
+            dropped = self.hosts[pool.spm_host].tasks.drop_tag("spm", kill=True)
         self.storage.set_spm(pool, None)
         return dropped
 

@@ -121,7 +121,14 @@ class StorageVerbs:
             self.storage.set_spm(pool, self.host.name, self.host.host_id)
             store = cluster.pool_task_store(pool)
             if store is not None:
-                await self.host.tasks.load_persisted(store)
+                try:
+                    await self.host.tasks.load_persisted(store)
+                except BaseException:
+                    # VDSM's startSpm stops the SPM again on any error (e.g. 405 for a
+                    # dumped task this host still has in memory) and fails the task.
+                    if pool.spm_host == self.host.name:
+                        self.storage.set_spm(pool, None)
+                    raise
             return None
 
         return await self.host.tasks.schedule(
@@ -131,7 +138,9 @@ class StorageVerbs:
     async def spm_stop(self, storagepoolID: str) -> bool:
         pool = self.storage.pool(_uuid("storagepoolID", storagepoolID))
         if pool.spm_host == self.host.name:
-            await self.host.cluster.drop_spm(pool)
+            # VDSM's stopSpm only releases the role and the lease: tasks stay in memory
+            # (TaskManager.unloadTasks is never called) and running jobs carry on.
+            self.storage.set_spm(pool, None)
         return True
 
     async def get_spm_status(self, storagepoolID: str) -> dict[str, Any]:

@@ -68,6 +68,7 @@ class TaskManager:
         self._tasks: dict[str, Task] = {}
         self._queue: asyncio.Queue[_Item] | None = None
         self._workers: set[asyncio.Task[None]] = set()
+        self._running: dict[str, asyncio.Task[None]] = {}  # task id -> worker running its job
         self._busy = 0
         self._closed = False
         # all_statuses / all_info results by tag; dropped on any change. Published dicts are
@@ -169,7 +170,11 @@ class TaskManager:
                     task, method = self._queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
+                if self._tasks.get(task.id) is not task:
+                    continue  # dropped while queued (SPM lost): its job never starts
                 self._busy += 1
+                if me is not None:
+                    self._running[task.id] = me
                 try:
                     if method == "commit":
                         await task.commit()
@@ -179,6 +184,7 @@ class TaskManager:
                     log.exception("task %s: %s failed", task.id, method)
                 finally:
                     self._busy -= 1
+                    self._running.pop(task.id, None)
         finally:
             if me is not None:
                 self._workers.discard(me)
@@ -249,15 +255,18 @@ class TaskManager:
 
         return release
 
-    async def load_persisted(self, store: TaskStore) -> list[str]:
+    async def load_persisted(self, store: TaskStore, *, skip_known: bool = False) -> list[str]:
         """spmStart: read the dumped tasks of `store` and queue their recovery.
 
         Like VDSM's loadDumpedTasks + recoverDumpedTasks: unreadable tasks are skipped, each
         loaded task is saved again, and a task id already known here raises 405 (VDSM never
-        unloads tasks on spmStop, so this happens when a host regains SPM).
+        unloads tasks on spmStop, so this happens when a host regains SPM). `skip_known`
+        leaves such tasks as they are instead (the control API's SPM moves).
         """
         loaded = []
         for snap in store.load_all():
+            if skip_known and snap.id in self._tasks:
+                continue
             try:
                 task = Task.from_snapshot(self, snap)
                 task.persistent = True
@@ -272,14 +281,33 @@ class TaskManager:
             await self._enqueue(task, "recover")
         return [t.id for t in loaded]
 
-    def drop_tag(self, tag: str) -> list[str]:
-        """Forget the in-memory tasks of a tag (VDSM's unloadTasks); running jobs carry on."""
+    def drop_tag(self, tag: str, *, kill: bool = False) -> list[str]:
+        """Forget the in-memory tasks of a tag (VDSM's unloadTasks); running jobs carry on.
+
+        With `kill`, as when an SPM loses its lease and VDSM dies with it, the jobs of those
+        tasks are cancelled where they are (nothing more is saved) and queued ones never start.
+        """
         dropped = self.ids(tag) if tag else []
         for tid in dropped:
             del self._tasks[tid]
         if dropped:
             self._invalidate()
+        if kill:
+            for tid in dropped:
+                worker = self._running.pop(tid, None)
+                if worker is not None:
+                    worker.cancel()
+                    self._workers.discard(worker)
+            self._refill_workers()
         return dropped
+
+    def _refill_workers(self) -> None:
+        """Start workers for what is queued after some were cancelled."""
+        if self._queue is None or self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        while len(self._workers) < min(self.max_workers, self._queue.qsize()):
+            self._workers.add(loop.create_task(self._worker()))
 
     async def wait_done(self, task_id: str) -> None:
         await self.get(task_id).wait_done()

@@ -120,15 +120,15 @@ def request_ids(message: Any) -> Iterator[Hashable]:
     Like VDSM it walks nested arrays and stops at the first element that is not an object
     (where VDSM's ``.get`` raises); an unhashable id also stops the walk.
     """
-    if isinstance(message, list):
+    if isinstance(message, dict):  # the common case first: one request
+        req_id = message.get("id")
+        if isinstance(req_id, Hashable):
+            yield req_id
+    elif isinstance(message, list):
         for item in message:
             if not isinstance(item, list | dict):
                 return
             yield from request_ids(item)
-    elif isinstance(message, dict):
-        req_id = message.get("id")
-        if isinstance(req_id, Hashable):
-            yield req_id
 
 
 @dataclass(slots=True)
@@ -176,12 +176,50 @@ async def _run(host: RpcHost, request: _Request) -> tuple[bool, Any]:
     return True, (True if result is None else result)
 
 
+# Verbs whose result is a snapshot that the host publishes and never mutates (the task engine's
+# `all_statuses` / `all_info` caches: "do not mutate it"). Polled by every client of every host,
+# they are the hot path; their JSON text is cached per host and reused while the host hands out
+# the very same object. A new snapshot is a new object, so a change is never served stale.
+SNAPSHOT_METHODS: Final = frozenset({"Host.getAllTasksStatuses", "Host.getAllTasksInfo"})
+_SNAPSHOT_CACHE_LIMIT: Final = 65536
+# (id(host), method) -> (the snapshot, its JSON). Holding the snapshot keeps its id from being
+# reused by another object while the entry lives.
+_snapshot_texts: dict[tuple[int, str], tuple[Any, str]] = {}
+
+
+def _result_response(host: RpcHost, method: str, req_id: Any, result: Any) -> str:
+    """`_response(req_id, result=result)`, byte for byte, reusing a snapshot's cached JSON.
+
+    ``json.dumps`` of ``{"jsonrpc", "id", "result"}`` with default separators is exactly the
+    concatenation below, so splicing a cached result text changes nothing on the wire.
+    """
+    if method not in SNAPSHOT_METHODS:
+        return _response(req_id, result=result)
+    key = (id(host), method)
+    cached = _snapshot_texts.get(key)
+    if cached is not None and cached[0] is result:
+        text = cached[1]
+    else:
+        try:
+            text = json.dumps(result)
+        except (TypeError, ValueError):
+            return _response(req_id, result=result)  # logs and answers -32603
+        if len(_snapshot_texts) >= _SNAPSHOT_CACHE_LIMIT:
+            _snapshot_texts.clear()
+        _snapshot_texts[key] = (result, text)
+    try:
+        id_text = json.dumps(req_id)
+    except (TypeError, ValueError):
+        return _response(req_id, result=result)
+    return '{"jsonrpc": "2.0", "id": ' + id_text + ', "result": ' + text + "}"
+
+
 async def _answer(host: RpcHost, request: _Request) -> tuple[Any, str] | None:
     ok, value = await _run(host, request)
     if request.id is None:
         return None
     if ok:
-        return request.id, _response(request.id, result=value)
+        return request.id, _result_response(host, request.method, request.id, value)
     return request.id, _response(request.id, error=value)
 
 

@@ -28,6 +28,7 @@ is dropped instead of growing memory; and a grace factor on the client heart-bea
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Coroutine, Hashable
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from daemon.vdsm.stomp import (
     FrameParser,
     StompError,
     encode_frame,
+    encode_head,
+    encode_with_head,
 )
 from vdsm_simulator import jsonrpc
 from vdsm_simulator.clock import SimClock
@@ -51,6 +54,7 @@ REQUEST_QUEUES: Final = ("jms.topic.vdsm_requests", "jms.topic.vdsm_irs_requests
 DEFAULT_REPLY_DESTINATION: Final = "jms.topic.vdsm_responses"
 EVENT_QUEUE: Final = "jms.queue.events"
 MIN_HEARTBEAT_MS: Final = 1000
+_REQUEST_PREFIXES: Final = tuple(q + "." for q in REQUEST_QUEUES)
 
 
 @dataclass
@@ -87,7 +91,18 @@ def negotiate_heartbeat(client_value: str) -> tuple[int, int]:
 
 
 def is_request_destination(destination: str) -> bool:
-    return any(destination == q or destination.startswith(q + ".") for q in REQUEST_QUEUES)
+    """A request queue or a sub-destination of one (checked on every SEND, hence no loop)."""
+    return destination in REQUEST_QUEUES or destination.startswith(_REQUEST_PREFIXES)
+
+
+@functools.lru_cache(maxsize=1024)
+def destination_and_parents(destination: str) -> tuple[str, ...]:
+    """``a``, ``a.b``, ``a.b.c`` for ``a.b.c``: where VDSM looks for subscribers of a SEND.
+
+    Clients use a handful of destinations, so the split is cached instead of redone per frame.
+    """
+    parts = destination.split(".")
+    return tuple(".".join(parts[:n]) for n in range(1, len(parts) + 1))
 
 
 def error_frame(text: str) -> Frame:
@@ -95,13 +110,34 @@ def error_frame(text: str) -> Frame:
 
 
 class Subscription:
-    __slots__ = ("ack", "destination", "id", "session")
+    __slots__ = ("_message_head", "ack", "destination", "id", "session")
 
     def __init__(self, session: StompSession, destination: str, sub_id: str, ack: str) -> None:
         self.session = session
         self.destination = destination
         self.id = sub_id
         self.ack = ack
+        self._message_head: bytes | None = None
+
+    def message(self, body: bytes) -> bytes:
+        """The MESSAGE frame carrying `body` to this subscriber, as `HostWire.deliver` sends it.
+
+        Its headers (destination, content-type, subscription) are the same for every reply, so
+        they are encoded once; the bytes equal ``encode_frame`` of the same frame.
+        """
+        if not body:
+            return encode_frame(Frame("MESSAGE", self._message_headers(), body))
+        head = self._message_head
+        if head is None:
+            head = self._message_head = encode_head("MESSAGE", self._message_headers())
+        return encode_with_head(head, body)
+
+    def _message_headers(self) -> dict[str, str]:
+        return {
+            "destination": self.destination,
+            "content-type": "application/json",
+            "subscription": self.id,
+        }
 
 
 class HostWire:
@@ -131,9 +167,12 @@ class HostWire:
     def find_subscribers(self, destination: str) -> list[Subscription]:
         """Subscribers of the destination or of any dot-separated parent, as VDSM forwards."""
         found: list[Subscription] = []
-        parts = destination.split(".")
-        for n in range(1, len(parts) + 1):
-            found += self.subscriptions.get(".".join(parts[:n]), ())
+        subscriptions = self.subscriptions
+        if subscriptions:
+            for name in destination_and_parents(destination):
+                subs = subscriptions.get(name)
+                if subs:
+                    found += subs
         return found
 
     def deliver(self, destination: str | None, body: bytes) -> int:
@@ -144,13 +183,8 @@ class HostWire:
                 "%s: attempt to reply to unknown destination %s", self.host.name, destination
             )
             return 0
-        for sub in list(subs):
-            headers = {
-                "destination": destination,
-                "content-type": "application/json",
-                "subscription": sub.id,
-            }
-            sub.session.send_frame(Frame("MESSAGE", headers, body))
+        for sub in list(subs):  # sub.destination == destination: subscribed to exactly it
+            sub.session._write(sub.message(body))
         return len(subs)
 
     def send_reply(

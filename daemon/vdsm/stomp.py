@@ -66,6 +66,27 @@ def encode_frame(frame: Frame) -> bytes:
     return b"".join(parts)
 
 
+def encode_head(command: str, headers: dict[str, str]) -> bytes:
+    """The start of a frame up to its ``content-length`` value, for `encode_with_head`.
+
+    A server sends the same MESSAGE headers for every reply to one subscription; encoding them
+    once keeps escaping and joining off the per-reply path. ``headers`` must not contain
+    ``content-length`` (it is what the head ends with).
+    """
+    if "content-length" in headers:
+        raise ValueError("encode_head: content-length is appended by encode_with_head")
+    parts = [_escape(command), b"\n"]
+    for key, value in headers.items():
+        parts += (_escape(key), b":", _escape(value), b"\n")
+    parts.append(b"content-length:")
+    return b"".join(parts)
+
+
+def encode_with_head(head: bytes, body: bytes) -> bytes:
+    """``encode_frame(Frame(command, headers, body))`` for a non-empty body, given its head."""
+    return b"".join((head, str(len(body)).encode(), b"\n\n", body, b"\0"))
+
+
 def _decode(raw: bytes) -> str:
     if b":" in raw:
         raise StompError(f"{raw!r} contains illegal character ':'")
@@ -84,6 +105,50 @@ def _decode(raw: bytes) -> str:
         return raw.decode()
     except UnicodeDecodeError as e:
         raise StompError(f"{raw!r} is not UTF-8: {e}") from None
+
+
+def _slow_head(block: bytes) -> Frame:
+    """Command and headers, piece by piece: exact errors for escapes, ':' and bad UTF-8."""
+    lines = block.split(b"\n")
+    lines.pop()  # the empty piece after the last header's EOL
+    lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        key, sep, value = line.partition(b":")
+        if not sep:
+            raise StompError(f"header line without ':': {line[:80]!r}")
+        headers.setdefault(_decode(key), _decode(value))
+    return Frame(_decode(lines[0]), headers)
+
+
+def _fast_head(block: bytes) -> Frame | None:
+    """The common case at once: no escapes, valid UTF-8, well-formed; else None (slow path).
+
+    Decodes the whole block in one go instead of every key and value apart. Anything unusual
+    (an escape, a stray ':' in a value or the command, a line without ':', bad UTF-8) returns
+    None so that `_slow_head` raises exactly the error it always raised.
+    """
+    if b"\\" in block:
+        return None
+    try:
+        text = block.decode()
+    except UnicodeDecodeError:
+        return None
+    lines = text.split("\n")
+    lines.pop()
+    if "\r" in text:
+        lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    command = lines[0]
+    if ":" in command:
+        return None
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        key, sep, value = line.partition(":")
+        if not sep or ":" in value:
+            return None
+        if key not in headers:
+            headers[key] = value
+    return Frame(command, headers)
 
 
 class FrameParser:
@@ -154,16 +219,9 @@ class FrameParser:
             pos = end + 1
         head_end, pos = pos, end + 1
         self._check_size(pos)
-        lines = bytes(buf[:head_end]).split(b"\n")
-        lines.pop()  # the empty piece after the last header's EOL
-        lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            key, sep, value = line.partition(b":")
-            if not sep:
-                raise StompError(f"header line without ':': {line[:80]!r}")
-            headers.setdefault(_decode(key), _decode(value))
-        frame = Frame(_decode(lines[0]), headers)
+        block = bytes(buf[:head_end])
+        frame = _fast_head(block) or _slow_head(block)
+        headers = frame.headers
         length = -1
         if "content-length" in headers:
             try:

@@ -1,0 +1,157 @@
+"""The polling hot path's shortcuts give exactly the bytes and errors of the plain code paths.
+
+Each shortcut (a pre-encoded MESSAGE head, a one-shot header decode, a cached snapshot JSON) was
+added for bench/sim_load.py; these tests pin them to the reference behaviour they replace.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from daemon.vdsm.stomp import (
+    Frame,
+    StompError,
+    _fast_head,
+    _slow_head,
+    encode_frame,
+    encode_head,
+    encode_with_head,
+)
+from vdsm_simulator import jsonrpc
+from vdsm_simulator.events import EventBus
+from vdsm_simulator.faults import HostFaults
+from vdsm_simulator.stomp_server import (
+    Subscription,
+    destination_and_parents,
+    is_request_destination,
+)
+
+_text = st.text(
+    alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\0"), max_size=20
+)
+
+
+@given(
+    command=st.sampled_from(["MESSAGE", "SEND", "ERROR", "A:B", "X\\Y"]),
+    headers=st.dictionaries(_text.filter(bool), _text, max_size=5),
+    body=st.binary(min_size=1, max_size=200),
+)
+def test_encode_with_head_equals_encode_frame(
+    command: str, headers: dict[str, str], body: bytes
+) -> None:
+    headers.pop("content-length", None)
+    frame = Frame(command, headers, body)
+    assert encode_with_head(encode_head(command, headers), body) == encode_frame(frame)
+
+
+def test_encode_head_refuses_content_length() -> None:
+    with pytest.raises(ValueError):
+        encode_head("MESSAGE", {"content-length": "3"})
+
+
+def test_subscription_message_is_the_frame_deliver_always_sent() -> None:
+    sub = Subscription(None, "jms.topic.vdsm_responses", "sub:1\\x", "auto")  # type: ignore[arg-type]
+    headers = {
+        "destination": "jms.topic.vdsm_responses",
+        "content-type": "application/json",
+        "subscription": "sub:1\\x",
+    }
+    for body in (b'{"jsonrpc": "2.0", "id": "a", "result": true}', b"", b"x" * 5000):
+        assert sub.message(body) == encode_frame(Frame("MESSAGE", headers, body))
+
+
+# Header blocks as the parser hands them over: lines ending in EOL, anything inside.
+_line = st.lists(
+    st.sampled_from([b"a", b"b", b":", b"\\", b"\\c", b"\\n", b"\r", b"\xc3\xa9", b"\xff", b" "]),
+    max_size=8,
+).map(b"".join)
+_block = st.lists(_line, min_size=1, max_size=5).map(lambda lines: b"\n".join(lines) + b"\n")
+
+
+def _slow(block: bytes) -> Frame | str:
+    try:
+        return _slow_head(block)
+    except StompError as e:
+        return f"error: {e}"
+
+
+@given(block=_block)
+def test_fast_header_decoding_agrees_with_slow(block: bytes) -> None:
+    fast = _fast_head(block)
+    if fast is not None:
+        assert fast == _slow(block)  # same frame; and never accepts what the slow path refuses
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        b"SEND\ndestination:jms.topic.vdsm_requests\nreply-to:r\ncontent-length:12\n",
+        b"SEND\r\ndestination:q\r\nkey:v\r\nkey:second\r\n",
+        b"CONNECT\naccept-version:1.2\nhost:h\xc3\xa9\n",
+        b"MESSAGE\nempty:\n",
+    ],
+)
+def test_fast_header_decoding_takes_the_common_frames(block: bytes) -> None:
+    assert _fast_head(block) is not None
+    assert _fast_head(block) == _slow_head(block)
+
+
+def test_request_destinations() -> None:
+    assert is_request_destination("jms.topic.vdsm_requests")
+    assert is_request_destination("jms.topic.vdsm_irs_requests")
+    assert is_request_destination("jms.topic.vdsm_requests.abc")
+    assert not is_request_destination("jms.topic.vdsm_requestsX")
+    assert not is_request_destination("jms.topic")
+    assert destination_and_parents("a.b.c") == ("a", "a.b", "a.b.c")
+    assert destination_and_parents("a") == ("a",)
+    assert destination_and_parents("a..b") == ("a", "a.", "a..b")
+
+
+class SnapshotHost:
+    """Hands out the same published snapshot until told to publish another."""
+
+    def __init__(self) -> None:
+        self.name = "host1"
+        self.faults = HostFaults(1, "host1")
+        self.events = EventBus()
+        self.snapshot: Any = {"t1": {"taskID": "t1", "taskState": "running", "message": "é"}}
+
+    async def call(self, method: str, params: dict[str, Any] | list[Any]) -> Any:
+        return self.snapshot
+
+
+def _reference(req_id: Any, result: Any) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": req_id, "result": result}).encode()
+
+
+@pytest.mark.parametrize("method", sorted(jsonrpc.SNAPSHOT_METHODS) + ["Host.other"])
+async def test_snapshot_replies_are_byte_identical_and_never_stale(method: str) -> None:
+    host = SnapshotHost()
+    for req_id in ("a", 7, 'ü"x', 1.5):
+        reply = await jsonrpc.handle_message(
+            host, {"jsonrpc": "2.0", "method": method, "id": req_id}
+        )
+        assert reply is not None and reply.id == req_id
+        assert reply.data == _reference(req_id, host.snapshot)
+    host.snapshot = {"t2": {"taskID": "t2", "taskState": "finished"}}  # a new publication
+    reply = await jsonrpc.handle_message(host, {"jsonrpc": "2.0", "method": method, "id": "b"})
+    assert reply is not None and reply.data == _reference("b", host.snapshot)
+
+
+async def test_unencodable_snapshot_is_an_internal_error() -> None:
+    host = SnapshotHost()
+    host.snapshot = {"t": object()}
+    reply = await jsonrpc.handle_message(
+        host, {"jsonrpc": "2.0", "method": "Host.getAllTasksStatuses", "id": "x"}
+    )
+    assert reply is not None
+    assert json.loads(reply.data) == {
+        "jsonrpc": "2.0",
+        "id": "x",
+        "error": {"code": -32603, "message": "Internal JSON-RPC error"},
+    }

@@ -129,7 +129,7 @@ def _reference(req_id: Any, result: Any) -> bytes:
     return json.dumps({"jsonrpc": "2.0", "id": req_id, "result": result}).encode()
 
 
-@pytest.mark.parametrize("method", sorted(jsonrpc.SNAPSHOT_METHODS) + ["Host.other"])
+@pytest.mark.parametrize("method", [*sorted(jsonrpc.SNAPSHOT_METHODS), "Host.other"])
 async def test_snapshot_replies_are_byte_identical_and_never_stale(method: str) -> None:
     host = SnapshotHost()
     for req_id in ("a", 7, 'ü"x', 1.5):

@@ -453,20 +453,22 @@ def machine() -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--hosts", type=int, default=1000)
+    p.add_argument("--hosts", type=int, help="simulated hosts and connections (1000)")
     p.add_argument("--tasks", type=int, default=20, help="tasks per host")
     p.add_argument(
         "--finished", type=int, help="of which finished (default half; the rest stay running)"
     )
-    p.add_argument("--seconds", type=float, default=20.0, help="measured seconds per phase")
-    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each")
+    p.add_argument("--seconds", type=float, help="measured seconds per phase (20)")
+    p.add_argument("--warmup", type=float, help="unmeasured seconds before each phase (2)")
     p.add_argument("--repeat", type=int, default=1, help="alternate ping2/statuses phases N times")
-    p.add_argument("--quick", action="store_true", help="100 hosts, 3 s phases: a smoke run")
+    p.add_argument("--quick", action="store_true", help="smoke run: defaults 100 hosts, 3 s phases")
     p.add_argument("--check", action="store_true", help="exit 1 below the calls/s target")
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = p.parse_args(argv)
-    if args.quick:
-        args.hosts, args.seconds, args.warmup = 100, 3.0, 0.5
+    defaults = (100, 3.0, 0.5) if args.quick else (1000, 20.0, 2.0)
+    for name, default in zip(("hosts", "seconds", "warmup"), defaults, strict=True):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     if args.finished is None:
         args.finished = args.tasks // 2
     if not 0 <= args.finished <= args.tasks or args.hosts < 1 or args.repeat < 1:

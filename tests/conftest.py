@@ -141,6 +141,15 @@ class Control:
     async def volumes(self, pool: str) -> dict[str, dict[str, Any]]:
         return {v["uuid"]: v for v in await self.get(f"/pools/{pool}/volumes")}
 
+    async def http_call_status(self, host: str, method: str, params: Any = None) -> tuple[int, Any]:
+        """One JSON-RPC call over HTTP: (HTTP status, decoded body)."""
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": str(uuid.uuid4()), "method": method}
+        if params is not None:
+            message["params"] = params
+        url = f"http://127.0.0.1:{self.port}/hosts/{host}/jsonrpc"
+        async with self.session.post(url, json=message) as r:
+            return r.status, await r.json()
+
     async def http_call(self, host: str, method: str, params: Any = None) -> Any:
         """One JSON-RPC call over HTTP (`POST /hosts/<name>/jsonrpc`): the whole response."""
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": str(uuid.uuid4()), "method": method}

@@ -92,10 +92,12 @@ def build_control_app(
         pool = body.get("pool")
         if pool is not None and pool not in cluster.storage.pools:
             raise ControlError(404, "no_such_pool", f"no pool {pool!r}")
+        aliases = body.get("aliases", [])
+        # Checked before the host exists: bad input changes nothing.
+        if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+            raise ControlError(400, "bad_request", "aliases must be a list of strings")
         host = await cluster.add_host(pool)
-        for alias in body.get("aliases", []):
-            if not isinstance(alias, str):
-                raise ControlError(400, "bad_request", "aliases must be strings")
+        for alias in aliases:
             cluster.aliases[alias] = host.name
         return web.json_response({"name": host.name, "host_id": host.host_id}, status=201)
 

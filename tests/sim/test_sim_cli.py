@@ -73,8 +73,10 @@ def create_params(pool: str, sd: str) -> dict[str, Any]:
     }
 
 
-SIM_ARGS = ("--hosts", "2", "--time-scale", "0.005", "--task-seconds", "1")
-SIM_ARGS += ("--task-distribution", "fixed")
+SIM_ARGS = (
+    *("--hosts", "2", "--time-scale", "0.005"),
+    *("--task-seconds", "1", "--task-distribution", "fixed"),
+)
 
 
 async def test_sigkill_and_restart_rolls_back_running_tasks(tmp_path: Path) -> None:

@@ -118,9 +118,7 @@ _STEP_MOVES: dict[StepStatus, frozenset[StepStatus]] = {
 _C = CommandStatus
 _COMMAND_MOVES: dict[CommandStatus, frozenset[CommandStatus]] = {
     _C.NOT_STARTED: frozenset({_C.ACTIVE, _C.ENDED_WITH_FAILURE, _C.CANCELLED, _C.UNKNOWN}),
-    _C.ACTIVE: frozenset(
-        {_C.SUCCEEDED, _C.FAILED, _C.EXECUTION_FAILED, _C.CANCELLED, _C.UNKNOWN}
-    ),
+    _C.ACTIVE: frozenset({_C.SUCCEEDED, _C.FAILED, _C.EXECUTION_FAILED, _C.CANCELLED, _C.UNKNOWN}),
     _C.SUCCEEDED: frozenset({_C.ENDED_SUCCESSFULLY, _C.ENDED_WITH_FAILURE, _C.CANCELLED}),
     _C.FAILED: frozenset({_C.ENDED_WITH_FAILURE, _C.CANCELLED}),
     _C.EXECUTION_FAILED: frozenset({_C.ENDED_WITH_FAILURE, _C.CANCELLED}),
@@ -287,3 +285,45 @@ class Host:
     spm: bool = False
     last_seen: float | None = None
     failures: int = 0
+
+
+# -- documents: how records are written to the store and read back -----------------------------
+
+Record = Job | Step | Command | Task | Lock | Host
+
+
+def to_doc(record: Record) -> dict[str, Any]:
+    """A JSON-ready dict of a record (enums are str subclasses and serialize as their value)."""
+    doc = {name: getattr(record, name) for name in record.__slots__}
+    if isinstance(record, Job) and record.cancel is not None:
+        cancel = record.cancel
+        doc["cancel"] = {name: getattr(cancel, name) for name in cancel.__slots__}
+    return doc
+
+
+def job_from_doc(doc: dict[str, Any]) -> Job:
+    cancel = doc.get("cancel")
+    fields_ = {**doc, "status": JobStatus(doc["status"])}
+    if cancel is not None:
+        fields_["cancel"] = CancelRecord(**{**cancel, "mode": CancelMode(cancel["mode"])})
+    return Job(**fields_)
+
+
+def step_from_doc(doc: dict[str, Any]) -> Step:
+    return Step(**{**doc, "type": StepType(doc["type"]), "status": StepStatus(doc["status"])})
+
+
+def command_from_doc(doc: dict[str, Any]) -> Command:
+    return Command(**{**doc, "status": CommandStatus(doc["status"])})
+
+
+def task_from_doc(doc: dict[str, Any]) -> Task:
+    return Task(**{**doc, "status": TaskStatus(doc["status"])})
+
+
+def lock_from_doc(doc: dict[str, Any]) -> Lock:
+    return Lock(**{**doc, "kind": LockKind(doc["kind"])})
+
+
+def host_from_doc(doc: dict[str, Any]) -> Host:
+    return Host(**{**doc, "status": HostStatus(doc["status"])})

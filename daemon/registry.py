@@ -1,0 +1,338 @@
+"""The in-memory job trees: the one writer of model state.
+
+Every change to a job, step, command, task or lock goes through a method here that checks the
+transition (model.py), applies it in memory, queues the record for SQLite and publishes an event,
+in that order and without an `await` in between, so no other coroutine ever sees a change that
+is not also queued for disk. Methods that acknowledge something to a client (`create_job`,
+`record_cancel`, `record_task_id`) return only after the commit: those are the durable points.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from daemon import model
+from daemon.events import EventHub
+from daemon.model import (
+    CancelRecord,
+    Command,
+    CommandStatus,
+    Host,
+    Job,
+    JobStatus,
+    Lock,
+    LockKind,
+    Step,
+    StepStatus,
+    StepType,
+    Task,
+    TaskStatus,
+)
+from daemon.store import Kind, Store
+
+log = logging.getLogger(__name__)
+
+
+class LockConflict(Exception):
+    """An entity is locked by another job; the message names it and the holder."""
+
+
+class Registry:
+    def __init__(self, store: Store, events: EventHub | None = None) -> None:
+        self.store = store
+        self.events = events or EventHub()
+        self.jobs: dict[str, Job] = {}
+        self.steps: dict[str, dict[str, Step]] = collections.defaultdict(dict)  # by job
+        self.commands: dict[str, dict[str, Command]] = collections.defaultdict(dict)  # by job
+        self.tasks: dict[str, Task] = {}
+        self.tasks_by_job: dict[str, set[str]] = collections.defaultdict(set)
+        self.tasks_by_host: dict[str, set[str]] = collections.defaultdict(set)
+        self.by_vdsm_id: dict[tuple[str, str], str] = {}  # (host, vdsm task id) -> task id
+        self.by_correlation: dict[str, set[str]] = collections.defaultdict(set)
+        self.by_status: dict[JobStatus, set[str]] = collections.defaultdict(set)
+        self.locks: dict[str, list[Lock]] = {}  # entity -> holders
+        self.hosts: dict[str, Host] = {}
+        self._changed: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _emit(
+        self, kind: Kind, key: str, record: model.Record | None, job_id: str | None, op: str
+    ) -> asyncio.Future[None]:
+        doc = model.to_doc(record) if record is not None else None
+        done = self.store.put_nowait(kind, key, doc)
+        self.events.publish(kind, op, key, job_id, doc or {})
+        if job_id is not None:
+            event = self._changed.pop(job_id, None)
+            if event is not None:
+                event.set()
+        return done
+
+    async def wait_changed(self, job_id: str) -> None:
+        """Wait until anything of the job changes (for `cancel --wait` and tests)."""
+        await self._changed[job_id].wait()
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    async def create_job(self, job: Job) -> None:
+        """Add a job and wait until it is committed: after this the job survives a crash."""
+        self.jobs[job.id] = job
+        self.by_correlation[job.correlation_id].add(job.id)
+        self.by_status[job.status].add(job.id)
+        await self._emit("job", job.id, job, job.id, "created")
+
+    def set_job_status(
+        self, job: Job, status: JobStatus, *, error: str = "", result: dict[str, Any] | None = None
+    ) -> asyncio.Future[None]:
+        model.check_job_move(job.status, status)
+        self.by_status[job.status].discard(job.id)
+        job.status = status
+        self.by_status[status].add(job.id)
+        job.updated_at = model.now()
+        if status in model.JOB_TERMINAL:
+            job.ended_at = job.updated_at
+        if error:
+            job.error = error
+        if result is not None:
+            job.result = result
+        return self._emit("job", job.id, job, job.id, "updated")
+
+    def touch_job(self, job: Job) -> asyncio.Future[None]:
+        """Persist a change made to a job's fields other than its status (result, cancel)."""
+        job.updated_at = model.now()
+        return self._emit("job", job.id, job, job.id, "updated")
+
+    async def record_cancel(self, job: Job, cancel: CancelRecord) -> None:
+        """The cancel intent: committed before any verb is sent (DESIGN.md rule 1)."""
+        job.cancel = cancel
+        if job.status is JobStatus.STARTED:
+            model.check_job_move(job.status, JobStatus.CANCELLING)
+            self.by_status[job.status].discard(job.id)
+            job.status = JobStatus.CANCELLING
+            self.by_status[job.status].add(job.id)
+        await self.touch_job(job)
+
+    def forget_job(self, job_id: str) -> None:
+        """Drop a terminal job from memory (after purge or clear)."""
+        job = self.jobs.pop(job_id, None)
+        if job is None:
+            return
+        self.by_correlation[job.correlation_id].discard(job_id)
+        self.by_status[job.status].discard(job_id)
+        self.steps.pop(job_id, None)
+        self.commands.pop(job_id, None)
+        for task_id in self.tasks_by_job.pop(job_id, set()):
+            task = self.tasks.pop(task_id, None)
+            if task is not None:
+                self.tasks_by_host[task.host].discard(task_id)
+                if task.vdsm_id:
+                    self.by_vdsm_id.pop((task.host, task.vdsm_id), None)
+        self.events.publish("job", "deleted", job_id, job_id, {})
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def add_step(
+        self,
+        job: Job,
+        type_: StepType,
+        description: str,
+        *,
+        parent_id: str | None = None,
+        external_id: str | None = None,
+        host: str | None = None,
+    ) -> Step:
+        steps = self.steps[job.id]
+        step = Step(
+            model.new_id(),
+            job.id,
+            type_,
+            description,
+            len(steps) + 1,
+            parent_id,
+            external_id=external_id,
+            external_type="VDSM" if external_id else None,
+            host=host,
+        )
+        steps[step.id] = step
+        self._emit("step", step.id, step, job.id, "created")
+        return step
+
+    def end_step(self, step: Step, status: StepStatus) -> None:
+        if step.status is status:
+            return
+        model.check_step_move(step.status, status)
+        step.status = status
+        step.ended_at = model.now()
+        self._emit("step", step.id, step, step.job_id, "updated")
+
+    def update_step(self, step: Step, **changes: Any) -> None:
+        for key, value in changes.items():
+            setattr(step, key, value)
+        self._emit("step", step.id, step, step.job_id, "updated")
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def add_command(self, command: Command) -> asyncio.Future[None]:
+        self.commands[command.job_id][command.id] = command
+        return self._emit("command", command.id, command, command.job_id, "created")
+
+    def set_command_status(self, command: Command, status: CommandStatus) -> asyncio.Future[None]:
+        model.check_command_move(command.status, status)
+        command.status = status
+        return self._emit("command", command.id, command, command.job_id, "updated")
+
+    def save_command(self, command: Command) -> asyncio.Future[None]:
+        """Persist `data` a command recorded (what end_action or compensation will need)."""
+        return self._emit("command", command.id, command, command.job_id, "updated")
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    async def add_task(self, task: Task) -> None:
+        """The placeholder written before the creating verb is sent (committed first)."""
+        self.tasks[task.id] = task
+        self.tasks_by_job[task.job_id].add(task.id)
+        self.tasks_by_host[task.host].add(task.id)
+        await self._emit("task", task.id, task, task.job_id, "created")
+
+    async def record_task_id(self, task: Task, vdsm_id: str) -> None:
+        """VDSM's id for the task, committed before anything else is done with it."""
+        model.check_task_move(task.status, TaskStatus.POLLING)
+        task.vdsm_id = vdsm_id
+        task.status = TaskStatus.POLLING
+        task.updated_at = model.now()
+        self.by_vdsm_id[(task.host, vdsm_id)] = task.id
+        await self._emit("task", task.id, task, task.job_id, "updated")
+
+    def set_task_status(
+        self, task: Task, status: TaskStatus, **changes: Any
+    ) -> asyncio.Future[None]:
+        if status is not task.status:
+            model.check_task_move(task.status, status)
+            task.status = status
+        for key, value in changes.items():
+            setattr(task, key, value)
+        task.updated_at = model.now()
+        return self._emit("task", task.id, task, task.job_id, "updated")
+
+    def report_task(self, task: Task, report: dict[str, Any]) -> bool:
+        """Apply one VDSM TaskStatus; returns True when it changed anything."""
+        state = str(report.get("taskState", ""))
+        result = str(report.get("taskResult", ""))
+        code = int(report.get("code", 0) or 0)
+        message = str(report.get("message", ""))
+        if (state, result, code, message) == (
+            task.vdsm_state,
+            task.vdsm_result,
+            task.code,
+            task.message,
+        ):
+            return False
+        task.vdsm_state, task.vdsm_result, task.code, task.message = state, result, code, message
+        self.set_task_status(task, TaskStatus.ENDED if state == "finished" else task.status)
+        return True
+
+    def job_tasks(self, job_id: str) -> list[Task]:
+        return [self.tasks[t] for t in self.tasks_by_job.get(job_id, ())]
+
+    def host_tasks(self, host: str) -> list[Task]:
+        return [self.tasks[t] for t in self.tasks_by_host.get(host, ())]
+
+    # -- locks -------------------------------------------------------------------------------
+
+    def acquire_locks(self, job: Job, wanted: Iterable[tuple[str, LockKind]]) -> None:
+        """Take every lock or none; the caller persists with the job's next commit."""
+        wanted = list(wanted)
+        for entity, kind in wanted:
+            for held in self.locks.get(entity, []):
+                if held.job_id == job.id:
+                    continue
+                if kind is LockKind.EXCLUSIVE or held.kind is LockKind.EXCLUSIVE:
+                    raise LockConflict(f"{entity} is locked by job {held.job_id} ({held.kind})")
+        for entity, kind in wanted:
+            holders = self.locks.setdefault(entity, [])
+            if any(h.job_id == job.id for h in holders):
+                continue
+            lock = Lock(entity, kind, job.id)
+            holders.append(lock)
+            self._emit("lock", f"{entity}|{job.id}", lock, job.id, "created")
+
+    def release_locks(self, job_id: str) -> None:
+        for entity in list(self.locks):
+            holders = self.locks[entity]
+            for lock in [h for h in holders if h.job_id == job_id]:
+                holders.remove(lock)
+                self._emit("lock", f"{entity}|{job_id}", None, job_id, "deleted")
+            if not holders:
+                del self.locks[entity]
+
+    def job_locks(self, job_id: str) -> list[Lock]:
+        return [h for holders in self.locks.values() for h in holders if h.job_id == job_id]
+
+    # -- hosts -------------------------------------------------------------------------------
+
+    async def put_host(self, host: Host) -> None:
+        self.hosts[host.name] = host
+        await self._emit("host", host.name, host, None, "updated")
+
+    def update_host(self, host: Host) -> None:
+        self._emit("host", host.name, host, None, "updated")
+
+    async def delete_host(self, name: str) -> None:
+        self.hosts.pop(name, None)
+        await self._emit("host", name, None, None, "deleted")
+
+    # -- loading -------------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Rebuild every tree from the store (start-up)."""
+        for doc in await self.store.load("job"):
+            job = model.job_from_doc(doc)
+            self.jobs[job.id] = job
+            self.by_correlation[job.correlation_id].add(job.id)
+            self.by_status[job.status].add(job.id)
+        for doc in await self.store.load("step"):
+            step = model.step_from_doc(doc)
+            self.steps[step.job_id][step.id] = step
+        for doc in await self.store.load("command"):
+            command = model.command_from_doc(doc)
+            self.commands[command.job_id][command.id] = command
+        for doc in await self.store.load("task"):
+            task = model.task_from_doc(doc)
+            self.tasks[task.id] = task
+            self.tasks_by_job[task.job_id].add(task.id)
+            self.tasks_by_host[task.host].add(task.id)
+            if task.vdsm_id:
+                self.by_vdsm_id[(task.host, task.vdsm_id)] = task.id
+        for doc in await self.store.load("lock"):
+            lock = model.lock_from_doc(doc)
+            self.locks.setdefault(lock.entity, []).append(lock)
+        for doc in await self.store.load("host"):
+            host = model.host_from_doc(doc)
+            self.hosts[host.name] = host
+
+    # -- views -------------------------------------------------------------------------------
+
+    def job_view(self, job_id: str) -> dict[str, Any]:
+        """The whole job as the API shows it: steps as a tree, commands, tasks, cancel, locks."""
+        job = self.jobs[job_id]
+        view = model.to_doc(job)
+        steps = sorted(self.steps.get(job_id, {}).values(), key=lambda s: s.number)
+        children: dict[str | None, list[dict[str, Any]]] = collections.defaultdict(list)
+        for step in steps:
+            children[step.parent_id].append(model.to_doc(step))
+        for step_doc in [d for docs in children.values() for d in docs]:
+            step_doc["steps"] = children.get(step_doc["id"], [])
+        view["steps"] = children.get(None, [])
+        view["commands"] = [
+            model.to_doc(c)
+            for c in sorted(self.commands.get(job_id, {}).values(), key=lambda c: c.created_at)
+        ]
+        view["tasks"] = [
+            model.to_doc(t) for t in sorted(self.job_tasks(job_id), key=lambda t: t.created_at)
+        ]
+        view["locks"] = [model.to_doc(lock) for lock in self.job_locks(job_id)]
+        return view

@@ -1,0 +1,211 @@
+"""The command base: validate → execute → (wait) → end_action | end_with_failure.
+
+A command is the business logic of one action; the executor drives its phases and persists which
+phase it is in, so a restarted daemon resumes it at the right place. What a command needs from the
+rest of the daemon comes through its `CommandContext`: the registry (to record steps and tasks),
+the hosts (to reach VDSM) and the executor (to run child commands).
+
+Starting a VDSM task is a critical section (DESIGN.md, cancellation rule 3): the placeholder is
+committed before the verb is sent, and once sent, the reply's task id is recorded even if the
+command is cancelled meanwhile, so no task is ever lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from daemon.engine.policy import ActionSpec
+from daemon.model import (
+    Command,
+    Job,
+    LockKind,
+    Step,
+    StepType,
+    Task,
+    TaskStatus,
+    new_id,
+)
+from daemon.registry import Registry
+from daemon.vdsm.errors import VdsmCallError
+
+if TYPE_CHECKING:
+    from daemon.engine.executor import Executor
+    from daemon.hosts import HostManager
+    from daemon.vdsm.verbs import VdsmHost
+
+log = logging.getLogger(__name__)
+
+
+class CommandFailed(Exception):
+    """execute() or a wait ended in failure; the message becomes the job's error."""
+
+
+@dataclass
+class CommandContext:
+    registry: Registry
+    hosts: HostManager
+    executor: Executor
+    job: Job
+    tasks_step: Step | None = None  # the step task steps hang under (the root's EXECUTING)
+
+
+class CommandBase:
+    spec: ClassVar[ActionSpec]
+    hidden: ClassVar[bool] = True  # as a child: no VALIDATING/EXECUTING/FINALIZING steps of its own
+    revert_on_failure: ClassVar[bool] = False  # end_with_failure reverts succeeded tasks
+
+    def __init__(self, ctx: CommandContext, record: Command) -> None:
+        self.ctx = ctx
+        self.record = record
+        self.params = record.params
+
+    # -- the phases a command overrides -----------------------------------------------------------
+
+    def locks(self) -> list[tuple[str, LockKind]]:
+        """Entities this command locks for its whole life (released after its tasks settle)."""
+        return []
+
+    async def validate(self) -> None:
+        """Check the world; raise DaemonError subclasses with a clear message to refuse."""
+
+    async def execute(self) -> None:
+        """Send verbs, start tasks and children. Raise CommandFailed to fail."""
+
+    async def wait(self) -> None:
+        """Wait for what execute started; the default waits for this command's tasks."""
+        await self.wait_tasks()
+
+    async def end_action(self) -> dict[str, Any] | None:
+        """The commit after success; its return value is the job's result."""
+        return None
+
+    async def end_with_failure(self) -> None:
+        """Undo what a failure left behind; by default revert the tasks that succeeded."""
+        if self.revert_on_failure:
+            await self.revert_tasks()
+
+    # -- helpers for commands ---------------------------------------------------------------------
+
+    @property
+    def job(self) -> Job:
+        return self.ctx.job
+
+    @property
+    def registry(self) -> Registry:
+        return self.ctx.registry
+
+    def vdsm(self, host: str) -> VdsmHost:
+        return self.ctx.hosts.vdsm(host)
+
+    def data(self, key: str, default: Any = None) -> Any:
+        return self.record.data.get(key, default)
+
+    async def remember(self, **values: Any) -> None:
+        """Persist what end_action or compensation will need after a restart (committed)."""
+        self.record.data.update(values)
+        await self.registry.save_command(self.record)
+
+    def tasks(self) -> list[Task]:
+        return [t for t in self.registry.job_tasks(self.job.id) if t.command_id == self.record.id]
+
+    async def start_task(
+        self,
+        verb: str,
+        pool: str,
+        step_type: StepType,
+        description: str,
+        send: Callable[[VdsmHost], Awaitable[str]],
+    ) -> Task:
+        """Send a task-creating verb to the pool's SPM and record the task durably."""
+        spm = await self.ctx.hosts.spm(pool)
+        task = Task(new_id(), self.job.id, self.record.id, spm, pool, verb)
+        await self.registry.add_task(task)  # committed before the verb leaves
+        submit = asyncio.ensure_future(self._submit(task, send))
+        try:
+            await asyncio.shield(submit)
+        except asyncio.CancelledError:
+            # A cancel landed while the verb was in flight: let the reply be recorded so the
+            # canceller finds the task and stops it, then let the cancel proceed.
+            with contextlib.suppress(Exception):
+                await submit
+            raise
+        return task
+
+    async def _submit(self, task: Task, send: Callable[[VdsmHost], Awaitable[str]]) -> None:
+        try:
+            vdsm_id = await send(self.vdsm(task.host))
+        except VdsmCallError as e:
+            self.registry.set_task_status(
+                task, TaskStatus.LOST, code=e.vdsm_code, message=e.message
+            )
+            if e.code == 654:
+                self.ctx.hosts.forget_spm(task.pool)
+            raise CommandFailed(
+                f"{task.verb} on {task.host} failed: [{e.vdsm_code}] {e.message}"
+            ) from e
+        except BaseException:
+            # Unknown outcome (cancelled mid-call, connection lost): the reaper matches unknown
+            # tasks on the SPM; the placeholder stays SUBMITTING until then.
+            raise
+        await self.registry.record_task_id(task, vdsm_id)
+        step = self.registry.add_step(
+            self.job,
+            StepType(_step_type_for(task.verb)),
+            f"{task.verb} on {task.host}",
+            parent_id=self.ctx.tasks_step.id if self.ctx.tasks_step else None,
+            external_id=vdsm_id,
+            host=task.host,
+        )
+        self.registry.set_task_status(task, TaskStatus.POLLING, step_id=step.id)
+        self.ctx.hosts.watch(task.pool)
+
+    async def wait_tasks(self) -> None:
+        """Wait until every task of this command ended; fail if any did not succeed."""
+        while True:
+            pending = [
+                t for t in self.tasks() if t.status in (TaskStatus.SUBMITTING, TaskStatus.POLLING)
+            ]
+            if not pending:
+                break
+            await self.registry.wait_changed(self.job.id)
+        failed = [t for t in self.tasks() if not task_succeeded(t)]
+        if failed:
+            t = failed[0]
+            raise CommandFailed(
+                f"task {t.vdsm_id or t.id} ({t.verb}) on {t.host} ended "
+                f"{t.vdsm_result or t.status}: [{t.code}] {t.message}"
+            )
+
+    async def revert_tasks(self) -> None:
+        """Task.revert on every task that succeeded, newest first, and wait for the rollbacks."""
+        for task in sorted(self.tasks(), key=lambda t: t.created_at, reverse=True):
+            if task_succeeded(task) and task.vdsm_id and not task.revert_sent:
+                await self.vdsm(task.host).revert_task(task.vdsm_id)
+                self.registry.set_task_status(
+                    task, TaskStatus.POLLING, revert_sent=True, vdsm_result=""
+                )
+                self.ctx.hosts.watch(task.pool)
+        while any(t.status is TaskStatus.POLLING for t in self.tasks()):
+            await self.registry.wait_changed(self.job.id)
+
+
+def task_succeeded(task: Task) -> bool:
+    return task.status is TaskStatus.ENDED and task.vdsm_result == "success"
+
+
+_VERB_STEPS = {
+    "createVolume": "CREATE_VOLUME",
+    "copyImage": "COPY_IMAGE",
+    "moveImage": "MOVE_IMAGE",
+    "deleteImage": "DELETE_IMAGE",
+    "deleteVolume": "DELETE_VOLUME",
+}
+
+
+def _step_type_for(verb: str) -> str:
+    return _VERB_STEPS.get(verb, "UNKNOWN")

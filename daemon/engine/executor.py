@@ -1,0 +1,452 @@
+"""The executor: runs each job's root command as an asyncio Task, through every phase.
+
+Phases of a command (persisted in `command.data["phase"]` so a restart resumes correctly):
+validate → execute → wait → end → clear → done. A job ends only after every task it started has
+settled on its host (cleared, or handed to the reaper as an orphan) and its locks are released.
+
+Restart recovery closes the engine's gaps (spec/engine-job-model.md §6, §11.6): a job that was
+executing when the daemon died is failed cleanly (its known tasks stopped and cleared, unknown
+ones left to the orphan reaper); a job that was waiting resumes waiting; a job that was ending
+re-runs its (idempotent) end; no job stays STARTED forever and no task row is dropped unended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from daemon import model
+from daemon.engine.command import CommandBase, CommandContext, CommandFailed
+from daemon.engine.policy import ActionSpec
+from daemon.engine.vmwatch import VmWatch
+from daemon.errors import DaemonError, InvalidParams, Locked, NotFound, UnknownAction
+from daemon.model import (
+    Command,
+    CommandStatus,
+    Job,
+    JobStatus,
+    StepStatus,
+    StepType,
+    TaskStatus,
+    new_id,
+)
+from daemon.registry import LockConflict, Registry
+from daemon.vdsm.errors import UnknownTask, VdsmCallError
+
+if TYPE_CHECKING:
+    from daemon.hosts import HostManager
+
+log = logging.getLogger(__name__)
+
+CommandClass = type[CommandBase]
+
+
+class Executor:
+    def __init__(
+        self,
+        registry: Registry,
+        hosts: HostManager,
+        actions: dict[str, CommandClass],
+        *,
+        settle_retry: float = 1.0,
+    ) -> None:
+        self.registry = registry
+        self.hosts = hosts
+        self.actions = actions
+        self.settle_retry = settle_retry
+        self.vms = VmWatch()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._closing = False
+
+    # -- submission --------------------------------------------------------------------------
+
+    def spec(self, action: str) -> ActionSpec:
+        cls = self.actions.get(action)
+        if cls is None:
+            raise UnknownAction(
+                f"unknown action {action!r}; known: {', '.join(sorted(self.actions))}"
+            )
+        return cls.spec
+
+    def check(self, action: object, params: object) -> tuple[str, dict[str, Any]]:
+        if not isinstance(action, str):
+            raise InvalidParams("action must be a string")
+        return action, self.spec(action).check(params if params is not None else {})
+
+    async def submit(
+        self,
+        action: object,
+        params: object,
+        *,
+        owner: int,
+        correlation_id: str | None = None,
+        description: str | None = None,
+    ) -> Job:
+        """Create a job durably and start it; returns once the job is committed."""
+        name, clean = self.check(action, params)
+        return await self._create(name, clean, owner, correlation_id, description)
+
+    async def submit_batch(
+        self, entries: object, *, owner: int, correlation_id: str | None = None
+    ) -> list[Job]:
+        """The multiple-action runner: every entry is checked first; one job per entry."""
+        if not isinstance(entries, list) or not entries:
+            raise InvalidParams("batch must be a non-empty list of {action, params}")
+        if len(entries) > 10_000:
+            raise InvalidParams("batch holds at most 10000 entries")
+        checked: list[tuple[str, dict[str, Any]]] = []
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict) or set(entry) - {"action", "params", "description"}:
+                raise InvalidParams(f"batch[{i}] must be an object with action and params")
+            try:
+                checked.append(self.check(entry.get("action"), entry.get("params")))
+            except DaemonError as e:
+                raise type(e)(f"batch[{i}]: {e.message}") from None
+        correlation_id = correlation_id or new_id()
+        jobs = [
+            await self._create(name, clean, owner, correlation_id, None, start=False)
+            for name, clean in checked
+        ]
+        for job in jobs:
+            self._start(job)
+        return jobs
+
+    async def _create(
+        self,
+        action: str,
+        params: dict[str, Any],
+        owner: int,
+        correlation_id: str | None,
+        description: str | None,
+        *,
+        start: bool = True,
+    ) -> Job:
+        if correlation_id is not None and (
+            not isinstance(correlation_id, str) or not 0 < len(correlation_id) <= 50
+        ):
+            raise InvalidParams("correlation_id must be a string of 1 to 50 characters")
+        if description is not None and (
+            not isinstance(description, str) or len(description) > 4096
+        ):
+            raise InvalidParams("description must be a string of at most 4096 characters")
+        job = Job(
+            new_id(),
+            action,
+            params,
+            owner,
+            correlation_id or new_id(),
+            description or self.actions[action].spec.description,
+        )
+        root = Command(new_id(), job.id, action, params, root_id="", hidden=False)
+        root.root_id = root.id
+        root.data["phase"] = "validate"
+        self.registry.add_command(root)
+        await self.registry.create_job(job)  # the command commits in the same batch
+        if start:
+            self._start(job)
+        return job
+
+    def _start(self, job: Job) -> None:
+        task = asyncio.create_task(self._run_job(job), name=f"job-{job.id}")
+        self._running[job.id] = task
+        task.add_done_callback(lambda _: self._running.pop(job.id, None))
+
+    def running_task(self, job_id: str) -> asyncio.Task[None] | None:
+        return self._running.get(job_id)
+
+    # -- running -----------------------------------------------------------------------------
+
+    def root_of(self, job: Job) -> Command:
+        for cmd in self.registry.commands.get(job.id, {}).values():
+            if cmd.parent_id is None:
+                return cmd
+        raise NotFound(f"job {job.id} has no root command")
+
+    def _context(self, job: Job) -> CommandContext:
+        return CommandContext(self.registry, self.hosts, self, job)
+
+    async def _run_job(self, job: Job) -> None:
+        root = self.root_of(job)
+        ctx = self._context(job)
+        log.info(
+            "job %s [%s] %s: running (phase %s)",
+            job.id,
+            job.correlation_id,
+            job.action,
+            root.data.get("phase"),
+        )
+        try:
+            ok, error, result = await self.run_command(ctx, root, top=True)
+        except asyncio.CancelledError:
+            raise  # the cancel coordinator owns the rest
+        except Exception as e:  # a bug: the job must still end, with the reason
+            log.exception("job %s [%s]: unexpected error", job.id, job.correlation_id)
+            ok, error, result = False, f"internal error: {e}", None
+        await self.settle(job)
+        self._end_commands(job, ok)
+        self.registry.release_locks(job.id)
+        if job.status in model.JOB_TERMINAL:
+            return
+        status = JobStatus.FINISHED if ok else JobStatus.FAILED
+        await self.registry.set_job_status(job, status, error=error, result=result)
+        log.info("job %s [%s] %s: %s %s", job.id, job.correlation_id, job.action, status, error)
+
+    async def run_command(
+        self, ctx: CommandContext, record: Command, *, top: bool = False
+    ) -> tuple[bool, str, dict[str, Any] | None]:
+        """Drive one command through its phases; returns (succeeded, error, result)."""
+        command = self.actions[record.action](ctx, record)
+        show = top or not command.hidden
+        job = ctx.job
+        phase = record.data.get("phase", "validate")
+        error = str(record.data.get("error", ""))
+
+        if phase == "validate":
+            step = self.registry.add_step(job, StepType.VALIDATING, "Validating") if show else None
+            try:
+                self.registry.acquire_locks(job, command.locks())
+                await command.validate()
+            except (DaemonError, CommandFailed, LockConflict, VdsmCallError) as e:
+                if step:
+                    self.registry.end_step(step, StepStatus.FAILED)
+                self.registry.set_command_status(record, CommandStatus.ENDED_WITH_FAILURE)
+                message = e.message if isinstance(e, DaemonError | VdsmCallError) else str(e)
+                return False, f"validation failed: {message}", None
+            if step:
+                self.registry.end_step(step, StepStatus.FINISHED)
+            await self._phase(record, "execute")
+            phase = "execute"
+
+        if phase == "execute":
+            step = self.registry.add_step(job, StepType.EXECUTING, "Executing") if show else None
+            if top:
+                ctx.tasks_step = step
+            self.registry.set_command_status(record, CommandStatus.ACTIVE)
+            try:
+                await command.execute()
+                await self._phase(record, "wait")
+                phase = "wait"
+            except (CommandFailed, DaemonError, VdsmCallError) as e:
+                error = _message(e)
+                self.registry.set_command_status(record, CommandStatus.EXECUTION_FAILED)
+                await self._phase(record, "end", error=error)
+                phase = "end"
+            if step:
+                self.registry.end_step(
+                    step, StepStatus.FINISHED if not error else StepStatus.FAILED
+                )
+
+        if phase == "wait":
+            if top and ctx.tasks_step is None:
+                ctx.tasks_step = self._open_step(job, StepType.EXECUTING)
+            for task in command.tasks():
+                self.hosts.watch(task.pool)
+            try:
+                await command.wait()
+                self.registry.set_command_status(record, CommandStatus.SUCCEEDED)
+            except (CommandFailed, DaemonError, VdsmCallError) as e:
+                error = _message(e)
+                self.registry.set_command_status(record, CommandStatus.FAILED)
+            await self._phase(record, "end", error=error)
+            phase = "end"
+
+        result: dict[str, Any] | None = None
+        if phase == "end":
+            step = self.registry.add_step(job, StepType.FINALIZING, "Finalizing") if show else None
+            try:
+                if error:
+                    await command.end_with_failure()
+                else:
+                    result = await command.end_action()
+            except (CommandFailed, DaemonError, VdsmCallError) as e:
+                error = error or f"end failed: {_message(e)}"
+            if step:
+                self.registry.end_step(
+                    step, StepStatus.FINISHED if not error else StepStatus.FAILED
+                )
+            final = CommandStatus.ENDED_WITH_FAILURE if error else CommandStatus.ENDED_SUCCESSFULLY
+            if record.status is CommandStatus.ACTIVE:  # failed in execute, restarted mid-end
+                self.registry.set_command_status(record, CommandStatus.FAILED)
+            if record.status not in model.COMMAND_TERMINAL:
+                self.registry.set_command_status(record, final)
+            await self._phase(record, "done", result=result)
+        else:
+            result = record.data.get("result")
+        return not error, error, result
+
+    def _end_commands(self, job: Job, ok: bool) -> None:
+        """Children a failure or restart left unfinished end with the job (never left ACTIVE)."""
+        for cmd in self.registry.commands.get(job.id, {}).values():
+            if cmd.status in model.COMMAND_TERMINAL:
+                continue
+            if cmd.status is CommandStatus.ACTIVE:
+                self.registry.set_command_status(cmd, CommandStatus.FAILED)
+            self.registry.set_command_status(cmd, CommandStatus.ENDED_WITH_FAILURE)
+
+    def _open_step(self, job: Job, type_: StepType) -> model.Step | None:
+        for step in self.registry.steps.get(job.id, {}).values():
+            if step.type is type_ and step.parent_id is None:
+                return step
+        return None
+
+    async def _phase(self, record: Command, phase: str, **extra: Any) -> None:
+        record.data["phase"] = phase
+        record.data.update({k: v for k, v in extra.items() if v is not None and v != ""})
+        await self.registry.save_command(record)
+
+    async def run_child(
+        self, parent: CommandBase, action: str, params: dict[str, Any], *, sequence: int = 0
+    ) -> tuple[bool, str, dict[str, Any] | None]:
+        """Run an internal child command to its end (its steps hidden unless it asks)."""
+        spec = self.spec(action)
+        clean = spec.check(params)
+        record = Command(
+            new_id(),
+            parent.job.id,
+            action,
+            clean,
+            root_id=parent.record.root_id,
+            parent_id=parent.record.id,
+            sequence=sequence,
+        )
+        record.data["phase"] = "validate"
+        await self.registry.add_command(record)
+        return await self.run_command(parent.ctx, record)
+
+    # -- settling: every task cleared or orphaned before the job ends ---------------------------
+
+    async def settle(self, job: Job, *, deadline: float = 300.0) -> None:
+        """Stop what still runs, wait for it, clear everything; orphan what cannot be reached."""
+        give_up = time.monotonic() + deadline
+        while True:
+            pending = False
+            for task in self.registry.job_tasks(job.id):
+                if task.status in model.TASK_SETTLED or task.status is TaskStatus.ORPHAN:
+                    continue
+                if task.status is TaskStatus.SUBMITTING:
+                    self.registry.set_task_status(
+                        task,
+                        TaskStatus.LOST,
+                        message="creating verb's outcome unknown; any task it made is reaped",
+                    )
+                    continue
+                pending = True
+                try:
+                    await self._settle_task(task)
+                except VdsmCallError as e:
+                    log.warning(
+                        "job %s [%s]: settling task %s on %s: %s",
+                        job.id,
+                        job.correlation_id,
+                        task.vdsm_id,
+                        task.host,
+                        e,
+                    )
+            if not pending:
+                return
+            if time.monotonic() > give_up:
+                for task in self.registry.job_tasks(job.id):
+                    if (
+                        task.status not in model.TASK_SETTLED
+                        and task.status is not TaskStatus.ORPHAN
+                    ):
+                        self.registry.set_task_status(task, TaskStatus.ORPHAN)
+                return
+            if any(t.status is TaskStatus.POLLING for t in self.registry.job_tasks(job.id)):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.settle_retry):
+                        await self.registry.wait_changed(job.id)
+            else:
+                await asyncio.sleep(self.settle_retry)
+
+    async def _settle_task(self, task: model.Task) -> None:
+        assert task.vdsm_id is not None
+        host = self.hosts.vdsm(task.host)
+        if task.status is TaskStatus.POLLING:
+            if not task.stop_sent:
+                await host.stop_task(task.vdsm_id)
+                self.registry.set_task_status(task, TaskStatus.POLLING, stop_sent=True)
+            self.hosts.watch(task.pool)
+            return
+        if task.status in (TaskStatus.ENDED, TaskStatus.CLEARING):
+            if task.status is TaskStatus.ENDED:
+                self.registry.set_task_status(task, TaskStatus.CLEARING)
+            try:
+                await host.clear_task(task.vdsm_id)
+            except UnknownTask:
+                pass  # already gone: cleared by an earlier attempt whose reply was lost
+            self.registry.set_task_status(task, TaskStatus.CLEARED)
+
+    # -- restart --------------------------------------------------------------------------------
+
+    async def recover(self) -> list[str]:
+        """Resume every job that was not terminal when the daemon stopped."""
+        resumed = []
+        for job in list(self.registry.jobs.values()):
+            if job.status in model.JOB_TERMINAL:
+                continue
+            root = self.root_of(job)
+            phase = root.data.get("phase", "validate")
+            log.info(
+                "job %s [%s] %s: recovering in phase %s",
+                job.id,
+                job.correlation_id,
+                job.action,
+                phase,
+            )
+            if phase == "validate":
+                self._end_open_steps(job, StepStatus.FAILED)
+                await self._fail_unstarted(job, root)
+                continue
+            if phase == "execute":
+                self._end_open_steps(job, StepStatus.FAILED)
+                for cmd in self.registry.commands.get(job.id, {}).values():
+                    if cmd.status is CommandStatus.ACTIVE:
+                        self.registry.set_command_status(cmd, CommandStatus.EXECUTION_FAILED)
+                await self._phase(root, "end", error="execution interrupted by a daemon restart")
+            self._start(job)
+            resumed.append(job.id)
+        return resumed
+
+    async def _fail_unstarted(self, job: Job, root: Command) -> None:
+        self.registry.set_command_status(root, CommandStatus.ENDED_WITH_FAILURE)
+        self.registry.release_locks(job.id)
+        await self.registry.set_job_status(
+            job,
+            JobStatus.FAILED,
+            error="interrupted by a daemon restart before execution; nothing was sent to any host",
+        )
+
+    def _end_open_steps(self, job: Job, status: StepStatus) -> None:
+        for step in self.registry.steps.get(job.id, {}).values():
+            if step.status is StepStatus.STARTED and step.external_id is None:
+                self.registry.end_step(step, status)
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop running jobs' coroutines without ending them: they resume after the next start."""
+        self._closing = True
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+def _message(e: BaseException) -> str:
+    if isinstance(e, DaemonError | VdsmCallError):
+        return e.message if isinstance(e, DaemonError) else str(e)
+    return str(e)
+
+
+def lock_error(e: LockConflict) -> Locked:
+    return Locked(str(e))
+
+
+Hook = Callable[..., None]

@@ -1,0 +1,96 @@
+"""CreateVm: internal child commands (scenario 3) — a CreateDisk per disk, then VM.create.
+
+The children are hidden as steps (their VDSM tasks still show under the job's EXECUTING step).
+On failure the disks the children did create are deleted again, newest first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from daemon.engine.command import CommandBase, CommandFailed
+from daemon.engine.policy import ActionSpec, CancelPolicy, Param
+from daemon.errors import Conflict, NotFound
+from daemon.model import HostStatus, LockKind, new_id
+
+
+class CreateVm(CommandBase):
+    spec = ActionSpec(
+        "CreateVm",
+        "Create a VM with new disks and start it on a host",
+        {
+            "name": Param("name", description="the VM's name"),
+            "host": Param("name", description="host to run it on"),
+            "disks": Param("disks", description="disks to create: [{pool, domain, size}]"),
+        },
+        CancelPolicy(
+            notes="children not yet started never run; running disk creations are stopped; "
+            "revert also deletes the disks already created",
+        ),
+    )
+
+    def locks(self) -> list[tuple[str, LockKind]]:
+        return [
+            (f"vmname:{self.params['name']}", LockKind.EXCLUSIVE),
+            (f"host:{self.params['host']}", LockKind.SHARED),
+        ]
+
+    async def validate(self) -> None:
+        host = self.registry.hosts.get(self.params["host"])
+        if host is None:
+            raise NotFound(f"no host named {self.params['host']!r}")
+        if host.status is not HostStatus.UP:
+            raise Conflict(f"host {host.name} is {host.status}, not UP")
+
+    async def execute(self) -> None:
+        vm_id = self.data("vm") or new_id()
+        await self.remember(vm=vm_id)
+        runs = [
+            self.ctx.executor.run_child(self, "CreateDisk", disk, sequence=i)
+            for i, disk in enumerate(self.params["disks"])
+        ]
+        outcomes = await asyncio.gather(*runs)
+        disks = [result for ok, _, result in outcomes if ok and result]
+        await self.remember(disks=disks)
+        failed = [error for ok, error, _ in outcomes if not ok]
+        if failed:
+            raise CommandFailed(f"{len(failed)} of {len(runs)} disks failed: {failed[0]}")
+        memory_mb = 1024
+        await self.vdsm(self.params["host"]).create_vm(
+            vm_id,
+            self.params["name"],
+            memory_mb,
+            [
+                {
+                    "pool": d["pool"],
+                    "domain": d["domain"],
+                    "image": d["image"],
+                    "volume": d["volume"],
+                }
+                for d in disks
+            ],
+        )
+        await self.remember(vm_created=True)
+
+    async def wait(self) -> None:
+        host = self.params["host"]
+        await self.ctx.executor.vms.wait_for(
+            self.data("vm"), lambda copies: host in copies and copies[host].status == "Up"
+        )
+
+    async def end_action(self) -> dict[str, Any]:
+        return {"vm": self.data("vm"), "host": self.params["host"], "disks": self.data("disks")}
+
+    async def end_with_failure(self) -> None:
+        if self.data("vm_created"):
+            await self.vdsm(self.params["host"]).destroy_vm(self.data("vm"))
+        for i, disk in enumerate(reversed(self.data("disks") or [])):
+            ok, error, _ = await self.ctx.executor.run_child(
+                self,
+                "DeleteDisk",
+                {"pool": disk["pool"], "domain": disk["domain"], "image": disk["image"]},
+                sequence=1000 + i,
+            )
+            if not ok:
+                raise CommandFailed(f"could not delete disk {disk['image']}: {error}")

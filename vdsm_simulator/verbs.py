@@ -8,6 +8,7 @@ positional (array) `params` binds as it does on VDSM.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -63,6 +64,11 @@ class Verb:
     params: tuple[Param, ...]
     handler: Handler
 
+    @functools.cached_property
+    def _names(self) -> frozenset[str]:
+        """Parameter names, computed once: `bind` runs on every call, polls included."""
+        return frozenset(p.name for p in self.params)
+
     def bind(self, params: dict[str, Any] | list[Any]) -> dict[str, Any]:
         """Map JSON-RPC params (object or array) to keyword arguments, checking every one."""
         if isinstance(params, list):
@@ -72,12 +78,11 @@ class Verb:
                 )
             given = {p.name: v for p, v in zip(self.params, params, strict=False)}
         elif isinstance(params, dict):
-            given = dict(params)
+            given = params  # only read below
         else:
             raise InvalidParams(f"{self.method}: params must be an object or an array")
-        known = {p.name for p in self.params}
-        unknown = sorted(set(given) - known)
-        if unknown:
+        if given and not self._names.issuperset(given):
+            unknown = sorted(set(given) - self._names)
             raise InvalidParams(f"{self.method}: unexpected parameter(s) {', '.join(unknown)}")
         bound: dict[str, Any] = {}
         for p in self.params:

@@ -545,6 +545,9 @@ def main(argv: list[str] | None = None) -> int:
         f"baseline {ping:.0f} calls/s at the same concurrency); simulator CPU {sim_cpu:.0f}%, "
         f"i.e. ~{rate * 100 / max(sim_cpu, 1):.0f} calls per simulator CPU-second"
     )
+    gen_cpu = max(r.gen_cpu_percent for r in results)
+    if gen_cpu > 90:
+        print(f"note: the load generator reached {gen_cpu:.0f}% CPU: it may be the bottleneck")
     verdict = "PASS" if rate >= TARGET_CALLS_PER_S else "FAIL"
     print(f"{verdict}: target {TARGET_CALLS_PER_S} calls/s; replies checked, {bad} wrong")
     if args.json:

@@ -114,6 +114,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def runs_uvloop(pid: int) -> bool:
+    """Whether the process has uvloop's extension mapped (vdsm-sim should run on it)."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return "uvloop/loop." in f.read()
+    except OSError:
+        return False
+
+
 # -- population ------------------------------------------------------------------------------
 
 
@@ -493,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     sim, port = start_simulator(args.hosts)
     try:
-        print(f"started on port {port} in {time.monotonic() - t0:.1f} s; populating...")
+        loop = "uvloop" if runs_uvloop(sim.pid) else "NOT uvloop"
+        print(f"started on port {port} in {time.monotonic() - t0:.1f} s ({loop}); populating...")
         t0 = time.monotonic()
         asyncio.run(populate(port, args.hosts, args.tasks, args.finished))
         print(

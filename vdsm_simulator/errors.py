@@ -392,6 +392,11 @@ class VolumeAlreadyExists(StorageException):
     msg = "Volume already exists"
 
 
+class IncorrectType(StorageException):
+    code = 231
+    msg = "Incorrect Volume Preallocate Type"
+
+
 class CannotDeleteVolume(StorageException):
     code = 222
     msg = "Volume deletion error"
@@ -511,3 +516,21 @@ class SpmStatusError(StorageException):
 class IsSpm(StorageException):
     code = 656
     msg = "Operation not allowed while SPM is active"
+
+
+class NotSpmSecured(PlainError):
+    """A secured StoragePool method called on a non-SPM: VDSM's SecureError, which the storage
+    dispatcher maps to (654, "Not SPM") with no value (storage/exception.py ERROR_MAP)."""
+
+    code = 654
+    msg = "Not SPM"
+
+
+class GenerationMismatch(StorageException):
+    code = 911
+    msg = "The provided generation does not match the actual generation"
+    value: Any
+
+    def __init__(self, requested: Any, actual: Any) -> None:
+        super().__init__()
+        self.value = f"requested={requested}, actual={actual}"

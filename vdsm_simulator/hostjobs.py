@@ -47,9 +47,10 @@ JobRun = Callable[[ProgressCallback], Awaitable[None]]
 """The body of a job. Raising a VdsmError fails the job with that error; raising ActionStopped
 (or being cancelled by an abort) ends it aborted."""
 
-JobScheduler = Callable[[str, Callable[[], Awaitable[None]]], None]
-"""Runs a pending job's coroutine: (description, run). VDSM runs SDM jobs inside an `sdm`
-task of the task manager's pool; the host may pass a scheduler that does the same."""
+JobScheduler = Callable[[str, Callable[[], Awaitable[None]]], Awaitable[None]]
+"""Schedules a pending SDM job's coroutine: (description, run), returning once it is queued.
+VDSM runs SDM jobs inside an unpersisted `sdm` task of the task manager's pool (one of its
+workers); the host passes a scheduler that does the same."""
 
 AUTODELETE_DELAY = 3600.0  # VDSM config jobs/autodelete_delay, simulated seconds
 MAX_GENERATION = 999  # lib/vdsm/storage/constants.py
@@ -247,7 +248,7 @@ class HostJobs:
 
     # -- SDM verbs (VDSM: HSM.sdm_* -> sdm_schedule) --------------------------------------------
 
-    def sdm_copy_data(
+    async def sdm_copy_data(
         self,
         job_id: str,
         source: dict[str, Any],
@@ -262,31 +263,34 @@ class HostJobs:
         """
         _check_endpoint(destination)
         _check_endpoint(source)
-        self._sdm_schedule(job_id, "copy_data", run, abortable=True, reports_progress=True)
+        await self._sdm_schedule(job_id, "copy_data", run, abortable=True, reports_progress=True)
         return True
 
-    def sdm_sparsify_volume(
+    async def sdm_sparsify_volume(
         self, job_id: str, vol_info: dict[str, Any], *, run: JobRun | float
     ) -> bool:
         """SDM.sparsify_volume: virt-sparsify has neither abort nor progress in VDSM."""
         _check_div(vol_info)
-        self._sdm_schedule(job_id, "sparsify_volume", run, abortable=False, reports_progress=False)
+        await self._sdm_schedule(
+            job_id, "sparsify_volume", run, abortable=False, reports_progress=False
+        )
         return True
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _sdm_schedule(
+    async def _sdm_schedule(
         self, job_id: str, description: str, run: JobRun | float, **kind: bool
     ) -> None:
+        """HSM.sdm_schedule: jobs.add, then the task manager's scheduleJob("sdm", ...)."""
         if job_id in self._jobs:
             raise JobIdInUse(job_id)
         job = self.add(job_id, "storage", description, run, **kind)
-        self._schedule(job, 0.0)
+        if self._scheduler is not None:
+            await self._scheduler(job.description, lambda: self.run_job(job.id))
+        else:
+            self._schedule(job, 0.0)
 
     def _schedule(self, job: HostJob, start_after: float) -> None:
-        if self._scheduler is not None and start_after <= 0:
-            self._scheduler(job.description, lambda: self.run_job(job.id))
-            return
 
         async def later() -> None:
             if start_after > 0:

@@ -1,35 +1,62 @@
 """Storage and SPM verbs: the verbs that create VDSM storage tasks, with their real effects.
 
-What each verb does synchronously (validation, VDSM's "prepare") and what its job does later
-follows VDSM's HSM: validation errors come back at once and no task is created; volume creation
-and copies push a rollback that removes what they made; deletions mark the image at once and
-purge it in the job, with no rollback, as VDSM does (a deleted image cannot be brought back).
+Each verb checks what VDSM's HSM checks synchronously, in HSM's order (lib/vdsm/storage/hsm.py),
+and leaves the rest to its job, as VDSM does: a missing volume of Volume.delete or Volume.copy,
+an existing target of Volume.create, Volume.copy or Image.move are failures of the job (the task
+ends cleanSuccess with the error's code), not synchronous errors. Validation errors come back at
+once and create no task. Volume creation and copies push a rollback for what they made (never for
+what was already there); a MOVE drops its rollbacks once the copy is done and then deletes the
+source, as image.move does; deletions have no rollback.
 """
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from vdsm_simulator.errors import (
     AcquireLockFailure,
+    GenerationMismatch,
+    ImageDoesNotExistInSD,
+    ImageIsNotLegalChain,
+    IncorrectFormat,
+    IncorrectType,
     InvalidParameterException,
     IsSpm,
+    MoveImageError,
+    NotSpmSecured,
+    ResourceTimeout,
     SpmStatusError,
+    StorageDomainDoesNotExist,
     StorageException,
+    StoragePoolUnknown,
     VolumeAlreadyExists,
+    VolumeDoesNotExist,
 )
-from vdsm_simulator.storage import BLANK_UUID, Pool, Volume
+from vdsm_simulator.hostjobs import ProgressCallback
+from vdsm_simulator.storage import BLANK_UUID, Domain, Pool, Volume
 from vdsm_simulator.tasks import JobContext, Recovery
-from vdsm_simulator.verbs import Param, is_uuid
+from vdsm_simulator.verbs import Param
 
 if TYPE_CHECKING:
     from vdsm_simulator.host import SimHost
 
+# VDSM's constants (lib/vdsm/storage/constants.py); the schema's names are accepted as well.
 FORMATS = {4: "COW", 5: "RAW", "COW": "COW", "RAW": "RAW"}
 ALLOCATIONS = {1: "PREALLOCATED", 2: "SPARSE", "PREALLOCATED": "PREALLOCATED", "SPARSE": "SPARSE"}
 MOVE_OPERATIONS = {1: "COPY", 2: "MOVE", "COPY": "COPY", "MOVE": "MOVE"}
+DISK_TYPES = frozenset(
+    ["DATA", "ISOF", "MEMD", "MEMM", "OVFS", "HEVD", "HESD", "HEMD", "HECI", "SCRD", "2", "1"]
+)
+BLOCK_SIZE_4K = 4096
+RESOURCE_TIMEOUT = 120.0  # simulated seconds a resource lock request waits (VDSM default)
+MAX_GENERATION = 999
+
+# misc.UUID_REGEX: lower case only, on purpose (VDSM compares ids with ==).
+_UUID_RE = re.compile("^[a-f0-9]{8}-(?:[a-f0-9]{4}-){3}[a-f0-9]{12}$")
 
 
 class InjectedJobError(StorageException):
@@ -44,27 +71,36 @@ class InjectedJobError(StorageException):
         return self._text
 
 
-def _uuid(name: str, value: str) -> str:
-    if not is_uuid(value):
+# -- misc.validate* ---------------------------------------------------------------------------
+
+
+def validate_uuid(value: Any, name: str) -> str:
+    """misc.validateUUID: a lower-case 8-4-4-4-12 string (blank allowed), else 1000."""
+    if not isinstance(value, str) or _UUID_RE.match(value) is None:
         raise InvalidParameterException(name, value)
     return value
 
 
-def _enum(name: str, table: dict[Any, str], value: Any) -> str:
-    try:
-        return table[value]
-    except (KeyError, TypeError):
-        raise InvalidParameterException(name, value) from None
-
-
-def _size(name: str, value: str | int) -> int:
+def validate_size(value: Any, name: str) -> int:
+    """misc.validateSize: bytes as a string (an int is refused), an integer >= 0."""
+    if not isinstance(value, str):
+        raise InvalidParameterException(name, value)
     try:
         size = int(value)
     except ValueError:
         raise InvalidParameterException(name, value) from None
-    if size <= 0:
+    if size < 0:
         raise InvalidParameterException(name, value)
     return size
+
+
+def _round_up(value: int, step: int) -> int:
+    return (value + step - 1) // step * step
+
+
+def _blank(value: Any) -> bool:
+    """A missing parent. VDSM tests `!= BLANK_UUID`; "" is taken as blank too (a leniency)."""
+    return value in (BLANK_UUID, "", None)
 
 
 class StorageVerbs:
@@ -74,26 +110,110 @@ class StorageVerbs:
         self.host = host
         self.storage = host.cluster.storage
 
-    # -- helpers ---------------------------------------------------------------------------
+    # -- HSM helpers -------------------------------------------------------------------------
 
-    def _spm_pool(self, pool_id: str) -> Pool:
-        pool = self.storage.pool(_uuid("storagepoolID", pool_id))
+    def _get_pool(self, pool_id: Any) -> Pool:
+        """HSM.getPool: the pool this host is connected to, by id; anything else is 309."""
+        pool = self.storage.pools.get(pool_id) if isinstance(pool_id, str) else None
+        if pool is None or self.host.name not in pool.hosts:
+            raise StoragePoolUnknown(pool_id)
+        return pool
+
+    def _produce(self, sd_id: Any) -> Domain:
+        """sdCache.produce: a domain this host sees (its pool's), else 358."""
+        pool = self.storage.pool_of_host(self.host.name)
+        domain = pool.domains.get(sd_id) if pool is not None and isinstance(sd_id, str) else None
+        if domain is None:
+            raise StorageDomainDoesNotExist(sd_id)
+        return domain
+
+    def _produce_volume(self, domain: Domain, img_id: str, vol_id: str) -> Volume:
+        vol = domain.volumes.get(vol_id)
+        if vol is None or vol.image != img_id or vol.removing:
+            raise VolumeDoesNotExist(vol_id)
+        return vol
+
+    def _image_volumes(self, domain: Domain, img_id: str) -> list[Volume]:
+        return [v for v in domain.image_volumes(img_id) if not v.removing]
+
+    def _validate_spm(self, pool: Pool) -> None:
+        """HSM._spmSchedule: pool.validateSPM()."""
         if pool.spm_host != self.host.name:
             raise SpmStatusError(pool.uuid)
-        return pool
+
+    def _secured(self, pool: Pool) -> None:
+        """A secured StoragePool method: SecureError on a non-SPM, answered (654, "Not SPM")."""
+        if pool.spm_host != self.host.name:
+            raise NotSpmSecured()
+
+    def _spm_role(self, pool: Pool) -> str:
+        if pool.spm_host == self.host.name:
+            return "SPM"
+        return "Contend" if pool.uuid in self.host.spm_contending else "Free"
+
+    def _validate_not_spm(self, pool: Pool) -> None:
+        if self._spm_role(pool) != "Free":
+            raise IsSpm(pool.uuid)
+
+    async def _exclusive_pool_lock(self, pool: Pool) -> Callable[[], None]:
+        """vars.task.getExclusiveLock(STORAGE, spUUID): one holder per host and pool."""
+        lock = self.host.pool_locks.setdefault(pool.uuid, asyncio.Lock())
+        try:
+            async with asyncio.timeout(self.host.clock.real(RESOURCE_TIMEOUT)):
+                await lock.acquire()
+        except TimeoutError:
+            raise ResourceTimeout(pool.uuid) from None
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                lock.release()
+
+        return release
 
     async def _finish_job(self, ctx: JobContext, duration: float, *, abortable: bool) -> None:
         """Simulated work, then the test gate, then an injected failure if one is drawn."""
         await ctx.work(duration, abortable=abortable)
         await self.host.gate.pass_through(ctx.task_id)
+        self._maybe_fail()
+
+    def _maybe_fail(self) -> None:
         s = self.host.faults.settings
         if self.host.faults.chance(s.task_failure_rate):
             raise InjectedJobError(s.task_failure_code, s.task_failure_message)
 
-    async def _schedule(self, verb: str, job: Callable[[JobContext], Awaitable[Any]]) -> str:
+    async def _schedule(
+        self, verb: str, job: Callable[[JobContext], Awaitable[Any]], job_name: str | None = None
+    ) -> str:
         return await self.host.tasks.schedule(
-            verb, job, job_name=verb, store=self.host.cluster.task_store(self.host.name)
+            verb,
+            job,
+            job_name=job_name or verb,
+            store=self.host.cluster.task_store(self.host.name),
         )
+
+    def _create_volume(self, ctx: JobContext, vol: Volume, verb: str) -> None:
+        """volume.create's core: 212 for an existing volume (nothing of it is touched, no
+        rollback is left for it); else the volume exists, ILLEGAL, with its rollback."""
+        if vol.uuid in self.storage.domain(vol.pool, vol.domain).volumes:
+            raise VolumeAlreadyExists(vol.uuid)
+        self.storage.add_volume(vol)
+        ctx.push_recovery(
+            Recovery(
+                f"{verb} rollback: {vol.uuid}", "remove_volume", (vol.pool, vol.domain, vol.uuid)
+            )
+        )
+
+    def _delete_image_now(self, domain: Domain, img_id: str) -> None:
+        """image._deleteImage before an overwrite (force, or an illegal target): no rollback."""
+        for v in domain.image_volumes(img_id):
+            self.storage.remove_volume(v.pool, v.domain, v.uuid)
+
+    def _is_legal(self, domain: Domain, img_id: str) -> bool:
+        """image.isLegal: every volume of the image is LEGAL (an empty image is legal)."""
+        return all(v.legality == "LEGAL" for v in self._image_volumes(domain, img_id))
 
     # -- SPM ------------------------------------------------------------------------------
 
@@ -106,50 +226,82 @@ class StorageVerbs:
         maxHostID: Any = None,
         domVersion: Any = None,
     ) -> str:
-        pool = self.storage.pool(_uuid("storagepoolID", storagepoolID))
-        if pool.spm_host == self.host.name:
-            raise IsSpm(storagepoolID)
-        cluster = self.host.cluster
+        pool = self._get_pool(storagepoolID)
+        self._validate_not_spm(pool)  # before the lock: a started SPM answers at once
+        release = await self._exclusive_pool_lock(pool)
+        try:
+            self._validate_not_spm(pool)  # the SPM may have started while we waited
+            tid = await self.host.tasks.schedule(
+                "spmStart",
+                self._start_spm_job(pool, release),
+                job_name="spmStart",
+                tag="hsm",
+                persist=False,
+            )
+        except BaseException:
+            release()
+            raise
+        self.host.release_when_done(tid, release)  # also when the job never runs
+        return tid
 
-        async def acquire(ctx: JobContext) -> Any:
-            await ctx.work(self.host.cluster.config.spm_start_seconds)
-            holder = pool.spm_host
-            if holder is not None and holder != self.host.name and cluster.host_alive(holder):
-                raise AcquireLockFailure(pool.uuid, 1, [], f"lease held by {holder}")
-            if holder is not None and holder != self.host.name:
-                await cluster.drop_spm(pool)  # the old SPM is dead: its lease is fenced
-            self.storage.set_spm(pool, self.host.name, self.host.host_id)
-            store = cluster.pool_task_store(pool)
-            if store is not None:
+    def _start_spm_job(
+        self, pool: Pool, release: Callable[[], None]
+    ) -> Callable[[JobContext], Awaitable[Any]]:
+        cluster = self.host.cluster
+        me = self.host.name
+
+        async def start(ctx: JobContext) -> Any:
+            """sp.startSpm: Contend while the lease is acquired, SPM once the tasks are loaded."""
+            try:
+                self.host.spm_contending.add(pool.uuid)
                 try:
-                    await self.host.tasks.load_persisted(store)
-                except BaseException:
-                    # VDSM's startSpm stops the SPM again on any error (e.g. 405 for a
-                    # dumped task this host still has in memory) and fails the task.
-                    if pool.spm_host == self.host.name:
-                        self.storage.set_spm(pool, None)
-                    raise
+                    await ctx.work(cluster.config.spm_start_seconds)
+                    holder = pool.spm_host
+                    if holder is not None and holder != me and cluster.host_alive(holder):
+                        raise AcquireLockFailure(pool.uuid, 1, [], f"lease held by {holder}")
+                    if holder is not None and holder != me:
+                        await cluster.drop_spm(pool)  # the old SPM is dead: its lease is fenced
+                    self.storage.set_spm(pool, me, self.host.host_id)  # lver + 1
+                    store = cluster.pool_task_store(pool)
+                    if store is not None:
+                        try:
+                            await self.host.tasks.load_persisted(store)
+                        except BaseException:
+                            # startSpm stops the SPM again on any error (e.g. 405 for a dumped
+                            # task this host still has in memory) and fails the task.
+                            if pool.spm_host == me:
+                                self.storage.set_spm(pool, None)
+                            raise
+                finally:
+                    self.host.spm_contending.discard(pool.uuid)
+            finally:
+                release()
             return None
 
-        return await self.host.tasks.schedule(
-            "spmStart", acquire, job_name="spmStart", tag="hsm", persist=False
-        )
+        return start
 
     async def spm_stop(self, storagepoolID: str) -> bool:
-        pool = self.storage.pool(_uuid("storagepoolID", storagepoolID))
-        if pool.spm_host == self.host.name:
-            # VDSM's stopSpm only releases the role and the lease: tasks stay in memory
-            # (TaskManager.unloadTasks is never called) and running jobs carry on.
-            self.storage.set_spm(pool, None)
+        # HSM.spmStop takes the pool's exclusive lock first (it waits for a running spmStart).
+        pool = self.storage.pools.get(storagepoolID)
+        release = await self._exclusive_pool_lock(pool) if pool is not None else None
+        try:
+            pool = self._get_pool(storagepoolID)
+            if pool.spm_host == self.host.name:
+                # VDSM's stopSpm only releases the role and the lease: tasks stay in memory
+                # (TaskManager.unloadTasks is never called) and running jobs carry on.
+                self.storage.set_spm(pool, None)
+        finally:
+            if release is not None:
+                release()
         return True
 
     async def get_spm_status(self, storagepoolID: str) -> dict[str, Any]:
-        pool = self.storage.pool(_uuid("storagepoolID", storagepoolID))
-        role = "SPM" if pool.spm_host == self.host.name else "Free"
-        return {"spmStatus": role, "spmLver": pool.lver, "spmId": pool.spm_id}
+        pool = self._get_pool(storagepoolID)
+        # spmStatus is this host's role; lver and id are what the lease on storage says.
+        return {"spmStatus": self._spm_role(pool), "spmLver": pool.lver, "spmId": pool.spm_id}
 
     async def pool_info(self, storagepoolID: str) -> dict[str, Any]:
-        pool = self.storage.pool(_uuid("storagepoolID", storagepoolID))
+        pool = self._get_pool(storagepoolID)
         info = {
             "name": pool.name,
             "type": "NFS",
@@ -177,6 +329,26 @@ class StorageVerbs:
 
     # -- volumes ----------------------------------------------------------------------------
 
+    def _validate_create_params(
+        self, volFormat: Any, srcVolUUID: Any, diskType: Any = None, preallocate: Any = None
+    ) -> tuple[str, str | None]:
+        """sd.validateCreateVolumeParams: (format, allocation)."""
+        fmt = FORMATS.get(volFormat) if isinstance(volFormat, str | int) else None
+        if fmt is None or isinstance(volFormat, bool):
+            raise IncorrectFormat(volFormat)
+        if srcVolUUID != BLANK_UUID and not _blank(srcVolUUID) and fmt != "COW":
+            raise IncorrectFormat(fmt)
+        if diskType is not None and diskType not in DISK_TYPES:
+            raise InvalidParameterException("DiskType", diskType)
+        allocation = None
+        if preallocate is not None:
+            allocation = (
+                ALLOCATIONS.get(preallocate) if isinstance(preallocate, str | int) else None
+            )
+            if allocation is None or isinstance(preallocate, bool):
+                raise IncorrectType(preallocate)
+        return fmt, allocation
+
     async def volume_create(
         self,
         volumeID: str,
@@ -196,37 +368,49 @@ class StorageVerbs:
         sequence: int = 0,
         bitmap: Any = None,
     ) -> str:
-        pool = self._spm_pool(storagepoolID)
-        domain = self.storage.domain(pool.uuid, _uuid("storagedomainID", storagedomainID))
+        # HSM.createVolume, in its order.
+        pool = self._get_pool(storagepoolID)
+        domain = self._produce(storagedomainID)
+        validate_uuid(imageID, "imgUUID")
+        validate_uuid(volumeID, "volUUID")
+        capacity = validate_size(size, "size")
+        if initialSize is not None:
+            validate_size(initialSize, "initialSize")
+        if srcImgUUID:
+            validate_uuid(srcImgUUID, "srcImgUUID")
+        if srcVolUUID:
+            validate_uuid(srcVolUUID, "srcVolUUID")
+        if bitmap:
+            validate_uuid(bitmap, "bitmap")
+        fmt, allocation = self._validate_create_params(volFormat, srcVolUUID, diskType, preallocate)
+        self._validate_spm(pool)
+
         vol = Volume(
-            uuid=_uuid("volumeID", volumeID),
-            image=_uuid("imageID", imageID),
+            uuid=volumeID,
+            image=imageID,
             domain=domain.uuid,
             pool=pool.uuid,
-            capacity=_size("size", size),
-            format=_enum("volFormat", FORMATS, volFormat),
-            allocation=_enum("preallocate", ALLOCATIONS, preallocate),
+            capacity=_round_up(capacity, BLOCK_SIZE_4K),
+            format=fmt,
+            allocation=allocation or "SPARSE",
             disktype=str(diskType or "DATA"),
             description=desc or "",
-            parent=srcVolUUID if srcVolUUID and srcVolUUID != BLANK_UUID else BLANK_UUID,
+            parent=BLANK_UUID if _blank(srcVolUUID) else srcVolUUID,
         )
-        if vol.uuid in domain.volumes:
-            raise VolumeAlreadyExists(vol.uuid)
         duration = self.host.draw_duration(2.0 if vol.allocation == "PREALLOCATED" else 1.0)
 
         async def create(ctx: JobContext) -> Any:
-            ctx.push_recovery(
-                Recovery(
-                    f"createVolume rollback: {vol.uuid}",
-                    "remove_volume",
-                    (vol.pool, vol.domain, vol.uuid),
-                )
-            )
-            self.storage.add_volume(vol)
+            """sp.createVolume -> volume.create: the checks VDSM makes here are the job's."""
+            if vol.parent != BLANK_UUID:
+                src_img = imageID if _blank(srcImgUUID) else srcImgUUID
+                parent = self._produce_volume(domain, src_img, vol.parent)
+                if vol.capacity < parent.capacity:
+                    raise InvalidParameterException("capacity", vol.capacity)
+            self._create_volume(ctx, vol, "createVolume")
             await self._finish_job(ctx, duration, abortable=vol.allocation == "PREALLOCATED")
             if legal:
                 self.storage.set_legality(vol, "LEGAL")
-            return None
+            return {"uuid": vol.uuid}
 
         return await self._schedule("createVolume", create)
 
@@ -247,38 +431,46 @@ class StorageVerbs:
         force: bool,
         discard: bool = False,
     ) -> str:
-        pool = self._spm_pool(storagepoolID)
-        src = self.storage.volume(pool.uuid, storagedomainID, imageID, volumeID)
-        dst_domain = self.storage.domain(pool.uuid, _uuid("dstSdUUID", dstSdUUID))
-        dst = Volume(
-            uuid=_uuid("dstVolUUID", dstVolUUID),
-            image=_uuid("dstImgUUID", dstImgUUID),
-            domain=dst_domain.uuid,
-            pool=pool.uuid,
-            capacity=src.capacity,
-            format=_enum("volFormat", FORMATS, volFormat),
-            allocation=_enum("preallocate", ALLOCATIONS, preallocate),
-            disktype=src.disktype,
-            description=desc or src.description,
+        # HSM.copyImage, in its order.
+        if dstSdUUID in (storagedomainID, BLANK_UUID) and imageID == dstImgUUID:
+            raise InvalidParameterException("dstImgUUID", dstImgUUID)
+        pool = self._get_pool(storagepoolID)
+        domain = self._produce(storagedomainID)
+        self._secured(pool)  # pool.validateVolumeChain is a secured method
+        if not self._is_legal(domain, imageID):
+            raise ImageIsNotLegalChain(imageID)
+        if not self._image_volumes(domain, imageID):
+            raise ImageDoesNotExistInSD(imageID, storagedomainID)
+        dst_sd = storagedomainID if dstSdUUID == BLANK_UUID else dstSdUUID
+        fmt, allocation = self._validate_create_params(
+            volFormat, BLANK_UUID, preallocate=preallocate
         )
-        if dst.uuid in dst_domain.volumes:
-            raise VolumeAlreadyExists(dst.uuid)
+        dst_domain = self._produce(dst_sd)
+        self._validate_spm(pool)
         duration = self.host.draw_duration(3.0)
 
         async def copy(ctx: JobContext) -> Any:
-            ctx.push_recovery(
-                Recovery(
-                    f"copyImage rollback: {dst.uuid}",
-                    "remove_volume",
-                    (dst.pool, dst.domain, dst.uuid),
-                )
+            """sp.copyImage -> image.copyCollapsed."""
+            src = self._produce_volume(domain, imageID, volumeID)
+            if force or not self._is_legal(dst_domain, dstImgUUID):
+                self._delete_image_now(dst_domain, dstImgUUID)
+            dst = Volume(
+                uuid=dstVolUUID,
+                image=dstImgUUID,
+                domain=dst_domain.uuid,
+                pool=pool.uuid,
+                capacity=src.capacity,
+                format=fmt,
+                allocation=allocation or src.allocation,
+                disktype=src.disktype,
+                description=desc,
             )
-            self.storage.add_volume(dst)
+            self._create_volume(ctx, dst, "copyImage")
             await self._finish_job(ctx, duration, abortable=True)  # qemu-img convert
             self.storage.set_legality(dst, "LEGAL")
-            return None
+            return {"uuid": dst.uuid}
 
-        return await self._schedule("copyImage", copy)
+        return await self._schedule("copyImage", copy, f"copyImage_{dstImgUUID}")
 
     async def volume_delete(
         self,
@@ -290,31 +482,30 @@ class StorageVerbs:
         force: bool,
         discard: bool = False,
     ) -> str:
-        pool = self._spm_pool(storagepoolID)
-        vol = self.storage.volume(pool.uuid, storagedomainID, imageID, volumeID)
-        self.storage.mark_removing([vol], True)
-        return await self._schedule("deleteVolume", self._purge_job([vol], postZero))
+        # HSM.deleteVolume checks only the pool, the image id and the SPM role: the domain and
+        # the volume are looked up by the job (sp.deleteVolume).
+        pool = self._get_pool(storagepoolID)
+        validate_uuid(imageID, "imgUUID")
+        self._validate_spm(pool)
+        duration = self.host.draw_duration(1.0 if postZero else 0.25)
+
+        async def delete(ctx: JobContext) -> Any:
+            domain = self._produce(storagedomainID)
+            vol = self._produce_volume(domain, imageID, volumeID)
+            self.storage.mark_removing([vol], True)
+            await self._finish_job(ctx, duration, abortable=postZero)  # zeroing is abortable
+            self.storage.remove_volume(vol.pool, vol.domain, vol.uuid)
+            return None
+
+        return await self._schedule("deleteVolume", delete)
 
     async def volume_info(
         self, volumeID: str, storagepoolID: str, storagedomainID: str, imageID: str
     ) -> dict[str, Any]:
-        vol = self.storage.volume(storagepoolID, storagedomainID, imageID, volumeID)
-        return vol.info()
+        # HSM.getVolumeInfo ignores the pool id.
+        return self._produce_volume(self._produce(storagedomainID), imageID, volumeID).info()
 
     # -- images --------------------------------------------------------------------------------
-
-    def _purge_job(
-        self, vols: list[Volume], post_zero: bool
-    ) -> Callable[[JobContext], Awaitable[Any]]:
-        duration = self.host.draw_duration(1.0 if post_zero else 0.25)
-
-        async def purge(ctx: JobContext) -> Any:
-            await self._finish_job(ctx, duration, abortable=post_zero)  # zeroing is abortable
-            for vol in vols:
-                self.storage.remove_volume(vol.pool, vol.domain, vol.uuid)
-            return None
-
-        return purge
 
     async def image_delete(
         self,
@@ -325,14 +516,28 @@ class StorageVerbs:
         force: bool,
         discard: bool = False,
     ) -> str:
-        pool = self._spm_pool(storagepoolID)
-        vols = [
-            v for v in self.storage.image(pool.uuid, storagedomainID, imageID) if not v.removing
-        ]
+        # HSM.deleteImage, in its order.
+        pool = self._get_pool(storagepoolID)
+        domain = self._produce(storagedomainID)
+        vols = self._image_volumes(domain, imageID)
         if not vols:
-            self.storage.image(pool.uuid, storagedomainID, BLANK_UUID)  # raises 268
-        self.storage.mark_removing(vols, True)  # VDSM renames the image before the job runs
-        return await self._schedule("deleteImage", self._purge_job(vols, postZero))
+            raise ImageDoesNotExistInSD(imageID, storagedomainID)
+        duration = self.host.draw_duration(1.0 if postZero else 0.25)
+
+        async def purge(ctx: JobContext) -> Any:
+            if postZero:  # blockSD.zeroImage marks the volumes in the job, then zeroes them
+                self.storage.mark_removing(vols, True)
+            await self._finish_job(ctx, duration, abortable=postZero)  # zeroing is abortable
+            for vol in vols:
+                self.storage.remove_volume(vol.pool, vol.domain, vol.uuid)
+            return None
+
+        if postZero:
+            self._validate_spm(pool)
+            return await self._schedule("deleteImage", purge, f"zeroImage_{imageID}")
+        self._secured(pool)  # pool.deleteImage (secured) renames the image at once
+        self.storage.mark_removing(vols, True)
+        return await self._schedule("deleteImage", purge, f"purgeImage_{imageID}")
 
     async def image_move(
         self,
@@ -345,65 +550,125 @@ class StorageVerbs:
         force: bool,
         discard: bool = False,
     ) -> str:
-        pool = self._spm_pool(storagepoolID)
-        op = _enum("operation", MOVE_OPERATIONS, operation)
-        src_vols = [
-            v for v in self.storage.image(pool.uuid, storagedomainID, imageID) if not v.removing
-        ]
-        dst_domain = self.storage.domain(pool.uuid, _uuid("dstSdUUID", dstSdUUID))
-        for v in src_vols:
-            if v.uuid in dst_domain.volumes:
-                raise VolumeAlreadyExists(v.uuid)
+        # HSM.moveImage, in its order.
+        if storagedomainID == dstSdUUID:
+            args = (
+                f"spUUID={storagepoolID}, srcDomUUID={storagedomainID}, dstDomUUID={dstSdUUID}, "
+                f"imgUUID={imageID}, vmUUID=, op={operation}, force={force}, "
+                f"postZero={postZero}, force={force},discard={discard}"
+            )
+            raise InvalidParameterException("srcDom", f"must be different from dstDom: {args}")
+        src_domain = self._produce(storagedomainID)
+        dst_domain = self._produce(dstSdUUID)
+        pool = self._get_pool(storagepoolID)
+        self._validate_spm(pool)
         duration = self.host.draw_duration(3.0)
 
         async def move(ctx: JobContext) -> Any:
+            """sp.moveImage -> image.move."""
+            op = MOVE_OPERATIONS.get(operation) if isinstance(operation, str | int) else None
+            if op is None or isinstance(operation, bool):
+                raise MoveImageError(imageID)
+            if force or not self._is_legal(dst_domain, imageID):
+                self._delete_image_now(dst_domain, imageID)
+            src_vols = self._image_volumes(src_domain, imageID)
+            if not src_vols:
+                raise ImageDoesNotExistInSD(imageID, storagedomainID)
             copies = []
             for v in src_vols:
-                copy = Volume(**{**asdict(v), "domain": dst_domain.uuid, "legality": "ILLEGAL"})
-                ctx.push_recovery(
-                    Recovery(
-                        f"moveImage rollback: {copy.uuid}",
-                        "remove_volume",
-                        (copy.pool, copy.domain, copy.uuid),
-                    )
-                )
-                self.storage.add_volume(copy)
+                copy = replace(v, domain=dst_domain.uuid, legality="ILLEGAL", removing=False)
+                self._create_volume(ctx, copy, "moveImage")
                 copies.append(copy)
             await self._finish_job(ctx, duration, abortable=True)
             for copy in copies:
                 self.storage.set_legality(copy, "LEGAL")
+            # The copy is done: image.move clears the task's recoveries, then a MOVE deletes
+            # the source (a failure there is only logged). Nothing of it is rolled back.
+            ctx.clear_recoveries()
             if op == "MOVE":
                 for v in src_vols:
-                    ctx.push_recovery(
-                        Recovery(
-                            f"moveImage source restore: {v.uuid}",
-                            "restore_volume",
-                            (v.pool, v.domain, v.uuid),
-                        )
-                    )
-                    self.storage.remove_volume(v.pool, v.domain, v.uuid, keep=True)
+                    self.storage.remove_volume(v.pool, v.domain, v.uuid)
             return None
 
-        return await self._schedule("moveImage", move)
+        return await self._schedule("moveImage", move, f"moveImage_{imageID}")
 
     async def domain_volumes(
         self, storagedomainID: str, storagepoolID: str, imageID: str = BLANK_UUID
     ) -> list[str]:
-        domain = self.storage.domain(storagepoolID, storagedomainID)
+        # HSM.getVolumesList: the pool id is unused; an unknown image is an empty list.
+        domain = self._produce(storagedomainID)
         return [
             v.uuid
             for v in domain.volumes.values()
-            if not v.removing and (imageID in (BLANK_UUID, "", None) or v.image == imageID)
+            if not v.removing and (imageID == BLANK_UUID or v.image == imageID)
         ]
 
     async def image_volumes(
         self, imageID: str, storagepoolID: str, storagedomainID: str
     ) -> list[str]:
-        return [
-            v.uuid
-            for v in self.storage.image(storagepoolID, storagedomainID, imageID)
-            if not v.removing
-        ]
+        return await self.domain_volumes(storagedomainID, storagepoolID, imageID)
+
+    # -- SDM host jobs (lib/vdsm/storage/sdm/api) ---------------------------------------------
+
+    def _div_volume(self, endpoint: dict[str, Any]) -> Volume | None:
+        """The volume of a `div` endpoint, as the job finds it (358, then 201); None for others."""
+        if endpoint.get("endpoint_type", "div") != "div":
+            return None
+        domain = self._produce(endpoint["sd_id"])
+        return self._produce_volume(domain, endpoint["img_id"], endpoint["vol_id"])
+
+    def _volume_operation_start(self, vol: Volume, generation: Any, *, set_illegal: bool) -> int:
+        """volume.operation: check the generation (911), mark ILLEGAL while it runs."""
+        if generation is not None and generation != vol.generation:
+            raise GenerationMismatch(generation, vol.generation)
+        if set_illegal:
+            self.storage.set_legality(vol, "ILLEGAL")
+        return vol.generation
+
+    def _volume_operation_end(self, vol: Volume, actual: int, *, set_illegal: bool) -> None:
+        vol.generation = 0 if actual >= MAX_GENERATION else actual + 1
+        self.storage.set_legality(vol, "LEGAL" if set_illegal else vol.legality)
+
+    def copy_data_run(
+        self, source: dict[str, Any], destination: dict[str, Any]
+    ) -> Callable[[ProgressCallback], Awaitable[None]]:
+        """copy_data.Job._run: both volumes must exist (the destination is not created);
+        the destination is ILLEGAL while qemu-img convert runs, LEGAL with generation + 1 after."""
+        src_ep, dst_ep = dict(source), dict(destination)
+
+        async def run(progress: ProgressCallback) -> None:
+            if dst_ep.get("endpoint_type") == "div":
+                self._produce(dst_ep["sd_id"])  # the destination's locks produce its domain
+            self._div_volume(src_ep)
+            dst = self._div_volume(dst_ep)
+            gen = 0
+            if dst is not None:
+                gen = self._volume_operation_start(dst, dst_ep.get("generation"), set_illegal=True)
+            seconds = self.host.draw_duration(3.0)
+            for step in range(1, 11):
+                await self.host.clock.sleep(seconds / 10)
+                progress(step * 10)
+            self._maybe_fail()
+            if dst is not None:
+                self._volume_operation_end(dst, gen, set_illegal=True)
+
+        return run
+
+    def sparsify_run(
+        self, vol_info: dict[str, Any]
+    ) -> Callable[[ProgressCallback], Awaitable[None]]:
+        """sparsify_volume.Job._run: the volume must exist; legality is left alone."""
+        info = dict(vol_info)
+
+        async def run(progress: ProgressCallback) -> None:
+            vol = self._div_volume({**info, "endpoint_type": "div"})
+            assert vol is not None
+            gen = self._volume_operation_start(vol, info.get("generation"), set_illegal=False)
+            await self.host.clock.sleep(self.host.draw_duration())
+            self._maybe_fail()
+            self._volume_operation_end(vol, gen, set_illegal=False)
+
+        return run
 
 
 def register_storage_verbs(host: SimHost) -> None:
@@ -485,6 +750,25 @@ def register_storage_verbs(host: SimHost) -> None:
         discard,
     )
     t.add("Image.getVolumes", v.image_volumes, img, pool, sd)
+
+    async def copy_data(
+        job_id: str, source: dict[str, Any], destination: dict[str, Any], copy_bitmaps: bool = False
+    ) -> bool:
+        run = v.copy_data_run(source, destination)
+        return await host.jobs.sdm_copy_data(job_id, source, destination, copy_bitmaps, run=run)
+
+    async def sparsify(job_id: str, vol_info: dict[str, Any]) -> bool:
+        return await host.jobs.sdm_sparsify_volume(job_id, vol_info, run=v.sparsify_run(vol_info))
+
+    t.add(
+        "SDM.copy_data",
+        copy_data,
+        Param("job_id", "str"),
+        Param("source", "dict"),
+        Param("destination", "dict"),
+        Param("copy_bitmaps", "bool", False),
+    )
+    t.add("SDM.sparsify_volume", sparsify, Param("job_id", "str"), Param("vol_info", "dict"))
     t.add(
         "StorageDomain.getVolumes", v.domain_volumes, sd, pool, Param("imageID", "str", BLANK_UUID)
     )

@@ -1,14 +1,13 @@
-"""VM verbs and SDM host-job verbs of one host, bound to the cluster's VM fleet and storage.
+"""VM verbs of one host, bound to the cluster's VM fleet (SDM verbs are in storage_verbs.py).
 
-The fleet (`vms.py`) and host jobs (`hostjobs.py`) hold the semantics; this module only names the
-verbs and their parameters as `vdsm-api.yml` does and passes the receiving host along.
+The fleet (`vms.py`) holds the semantics; this module only names the verbs and their parameters
+as `vdsm-api.yml` does and passes the receiving host along.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from vdsm_simulator.hostjobs import ProgressCallback
 from vdsm_simulator.verbs import Param
 
 if TYPE_CHECKING:
@@ -64,28 +63,3 @@ def register_vm_verbs(host: SimHost) -> None:
     t.add("Host.getVMList", vm_list, *listing)
     t.add("Host.getVMFullList", vm_list, *listing)
     t.add("Host.getAllVmStats", all_stats)
-
-    async def copy_run(progress: ProgressCallback) -> None:
-        """A storage copy takes the host's drawn copy time, reporting progress in ten steps."""
-        seconds = host.draw_duration(3.0)
-        for step in range(1, 11):
-            await host.clock.sleep(seconds / 10)
-            progress(step * 10)
-
-    async def copy_data(
-        job_id: str, source: dict[str, Any], destination: dict[str, Any], copy_bitmaps: bool = False
-    ) -> bool:
-        return host.jobs.sdm_copy_data(job_id, source, destination, copy_bitmaps, run=copy_run)
-
-    async def sparsify(job_id: str, vol_info: dict[str, Any]) -> bool:
-        return host.jobs.sdm_sparsify_volume(job_id, vol_info, run=host.draw_duration())
-
-    t.add(
-        "SDM.copy_data",
-        copy_data,
-        Param("job_id", "str"),
-        Param("source", "dict"),
-        Param("destination", "dict"),
-        Param("copy_bitmaps", "bool", False),
-    )
-    t.add("SDM.sparsify_volume", sparsify, Param("job_id", "str"), Param("vol_info", "dict"))

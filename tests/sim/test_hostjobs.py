@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -279,7 +279,7 @@ async def test_duplicate_id(jobs: HostJobs) -> None:
     assert err.value.info() == {"code": 69, "message": "Job id already exists"}
     # On an SDM verb the duplicate fails inside the storage task: code 100 with jobs.py's text.
     with pytest.raises(VdsmError) as sdm_err:
-        jobs.sdm_copy_data(J1, div(), div(VOL2), run=0.0)
+        await jobs.sdm_copy_data(J1, div(), div(VOL2), run=0.0)
     assert sdm_err.value.info() == {"code": 100, "message": f"Job '{J1}' exists"}
 
 
@@ -303,7 +303,7 @@ async def test_sdm_copy_data_returns_true_and_runs_callback(jobs: HostJobs, bus:
             progress(pct)
         calls.append("copied")
 
-    assert jobs.sdm_copy_data(J1, div(), div(VOL2), copy_bitmaps=False, run=copy) is True
+    assert await jobs.sdm_copy_data(J1, div(), div(VOL2), copy_bitmaps=False, run=copy) is True
     await wait_until(lambda: jobs.get(J1).status == JobStatus.DONE)
     assert calls == ["copied"]
     info = jobs.get_jobs()[J1]
@@ -315,7 +315,7 @@ async def test_sdm_copy_data_returns_true_and_runs_callback(jobs: HostJobs, bus:
 async def test_sdm_sparsify_has_no_progress_and_no_abort(jobs: HostJobs) -> None:
     gate = Gate()
     vol = {"sd_id": SD, "img_id": IMG, "vol_id": VOL, "generation": 0}
-    assert jobs.sdm_sparsify_volume(J1, vol, run=gate) is True
+    assert await jobs.sdm_sparsify_volume(J1, vol, run=gate) is True
     await gate.started.wait()
     assert jobs.get_jobs()[J1] == {
         "id": J1,
@@ -349,7 +349,7 @@ async def test_sdm_copy_data_validation_creates_no_job(
     jobs: HostJobs, endpoint: dict[str, object], message: str
 ) -> None:
     with pytest.raises(VdsmError) as err:
-        jobs.sdm_copy_data(J1, div(), endpoint, run=0.0)
+        await jobs.sdm_copy_data(J1, div(), endpoint, run=0.0)
     assert err.value.info() == {"code": 100, "message": message}
     assert jobs.get_jobs() == {}
 
@@ -358,14 +358,13 @@ async def test_scheduler_hook_runs_the_job(bus: EventBus) -> None:
     scheduled: list[str] = []
     runs: list[asyncio.Task[None]] = []
 
-    def scheduler(description: str, run: object) -> None:
+    async def scheduler(description: str, run: Callable[[], Awaitable[None]]) -> None:
         scheduled.append(description)
-        assert callable(run)
         runs.append(asyncio.ensure_future(run()))
 
     jobs = HostJobs(SimClock(0.001), bus, scheduler=scheduler)
     try:
-        jobs.sdm_copy_data(J1, div(), div(VOL2), run=0.0)
+        await jobs.sdm_copy_data(J1, div(), div(VOL2), run=0.0)
         assert jobs.get(J1).status == JobStatus.PENDING
         await asyncio.gather(*runs)
         assert scheduled == ["copy_data"]

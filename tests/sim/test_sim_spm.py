@@ -100,7 +100,7 @@ async def test_spm_stop_then_start_elsewhere(rpc: RpcFactory, dc: DataCenter) ->
         "spmLver": 0,
         "spmId": -1,
     }
-    assert (await call_error(h1, "Host.getAllTasksStatuses")).message == "Not SPM"
+    assert (await call_error(h1, "Host.getAllTasksStatuses")).message == "Not SPM: ()"
     tid = await h2.call("StoragePool.spmStart", spm_start(dc, -1, 0))
     status = await wait_task(h2, tid)
     assert (status["taskResult"], status["code"]) == ("success", 0)

@@ -138,20 +138,28 @@ async def test_delete_removes_and_hides_at_once(
     await control.post("/hosts/host1/release")
     assert (await wait_task(spm, tid))["taskResult"] == "success"
     assert (await call_error(spm, "Volume.getInfo", dc.vol_params(p))).vdsm_code == 201
-    e = await call_error(
-        spm,
-        "Image.getVolumes",
-        {"imageID": p["imageID"], "storagepoolID": dc.pool, "storagedomainID": dc.master},
-    )
-    assert (e.vdsm_code, e.message) == (
-        268,
-        f"Image does not exist in domain: 'image={p['imageID']}, domain={dc.master}'",
-    )
+    # getVolumesList lists nothing for an image it does not know (no 268).
+    image = {"imageID": p["imageID"], "storagepoolID": dc.pool, "storagedomainID": dc.master}
+    assert await spm.call("Image.getVolumes", image) == []
     assert set(await control.volumes(dc.pool)) == {keep["volumeID"]}
-    # A second delete of the same image is a synchronous error, no task.
     before = set(await spm.call("Host.getAllTasks"))
-    assert (await call_error(spm, verb, params)).vdsm_code in (201, 268)
-    assert set(await spm.call("Host.getAllTasks")) == before
+    if verb == "Image.delete":
+        # A second delete of the same image is a synchronous 268 with its ids, no task.
+        e = await call_error(spm, verb, params)
+        assert (e.vdsm_code, e.message) == (
+            268,
+            f"Image does not exist in domain: 'image={p['imageID']}, domain={dc.master}'",
+        )
+        assert set(await spm.call("Host.getAllTasks")) == before
+    else:
+        # deleteVolume looks the volume up in its job: a task that fails with 201.
+        tid = await spm.call(verb, params)
+        status = await wait_task(spm, tid)
+        assert (status["taskResult"], status["code"], status["message"]) == (
+            "cleanSuccess",
+            201,
+            f"value=Volume does not exist: ('{p['volumeID']}',) abortedcode=201",
+        )
 
 
 @pytest.mark.parametrize("operation", ["COPY", "MOVE", 1, 2])
@@ -179,13 +187,12 @@ async def test_image_move(
         assert await domain_volumes(spm, dc, dc.master) == []
     else:
         assert (await spm.call("Volume.getInfo", dc.vol_params(p)))["legality"] == "LEGAL"
-    # Revert undoes it: the copy goes, a moved source comes back.
+    # image.move clears the task's recoveries once the copy is done: a revert changes nothing.
     assert await spm.call("Task.revert", {"taskID": tid}) is True
-    assert (await call_error(spm, "Volume.getInfo", moved)).vdsm_code == 201
-    info = await spm.call("Volume.getInfo", dc.vol_params(p))
-    assert (info["legality"], info["domain"]) == ("LEGAL", dc.master)
-    assert await domain_volumes(spm, dc, dc.master) == [p["volumeID"]]
-    assert await domain_volumes(spm, dc, dc.other_domain) == []
+    status = await spm.call("Task.getStatus", {"taskID": tid})
+    assert (status["taskState"], status["taskResult"]) == ("finished", "cleanSuccess")
+    assert (await spm.call("Volume.getInfo", moved))["legality"] == "LEGAL"
+    assert await domain_volumes(spm, dc, dc.master) == ([] if is_move else [p["volumeID"]])
 
 
 async def test_failed_move_keeps_source(
@@ -223,65 +230,105 @@ async def assert_no_task(spm: StompRpcClient, method: str, params: Any) -> VdsmC
 
 
 async def test_create_validation_errors(spm: StompRpcClient, dc: DataCenter) -> None:
+    """HSM.createVolume's order and texts: pool, domain, ids and sizes, format, SPM."""
     e = await assert_no_task(spm, "Volume.create", dc.create_params(vol="not-a-uuid"))
-    assert (e.vdsm_code, e.message) == (1000, "Invalid parameter: 'volumeID=not-a-uuid'")
-    e = await assert_no_task(spm, "Volume.create", dc.create_params(img="x"))
-    assert e.vdsm_code == 1000
-    e = await assert_no_task(spm, "Volume.create", dc.create_params(size="abc"))
-    assert (e.vdsm_code, e.message) == (1000, "Invalid parameter: 'size=abc'")
+    assert (e.vdsm_code, e.message) == (1000, "Invalid parameter: 'volUUID=not-a-uuid'")
+    upper = str(uuid.uuid4()).upper()  # misc.UUID_REGEX takes lower case only
+    e = await assert_no_task(spm, "Volume.create", dc.create_params(img=upper))
+    assert (e.vdsm_code, e.message) == (1000, f"Invalid parameter: 'imgUUID={upper}'")
+    for size in ("abc", "-1", 1073741824):  # validateSize: a string of an integer >= 0
+        e = await assert_no_task(spm, "Volume.create", dc.create_params(size=size))
+        assert (e.vdsm_code, e.message) == (1000, f"Invalid parameter: 'size={size}'")
+    e = await assert_no_task(spm, "Volume.create", dc.create_params(initialSize=5))
+    assert (e.vdsm_code, e.message) == (1000, "Invalid parameter: 'initialSize=5'")
     sd = str(uuid.uuid4())
-    e = await assert_no_task(spm, "Volume.create", dc.create_params(sd=sd))
+    e = await assert_no_task(spm, "Volume.create", dc.create_params(sd=sd, vol="bad"))
     assert (e.vdsm_code, e.message) == (358, f"Storage domain does not exist: ('{sd}',)")
-    pool = str(uuid.uuid4())
-    e = await assert_no_task(spm, "Volume.create", {**dc.create_params(), "storagepoolID": pool})
-    assert (e.vdsm_code, e.message) == (309, f"Unknown pool id, pool not connected: ('{pool}',)")
+    for pool in (str(uuid.uuid4()), "not-a-uuid"):  # getPool first, no UUID check
+        params = {**dc.create_params(sd=sd), "storagepoolID": pool}
+        e = await assert_no_task(spm, "Volume.create", params)
+        assert (e.vdsm_code, e.message) == (
+            309,
+            f"Unknown pool id, pool not connected: ('{pool}',)",
+        )
     e = await assert_no_task(spm, "Volume.create", dc.create_params(volFormat=9))
-    assert e.vdsm_code == 1000
-    existing = await make_volume(spm, dc)
-    e = await assert_no_task(spm, "Volume.create", dc.create_params(vol=existing["volumeID"]))
-    assert (e.vdsm_code, e.message) == (
-        212,
-        f"Volume already exists: ('{existing['volumeID']}',)",
-    )
+    assert (e.vdsm_code, e.message) == (202, "Incorrect Volume format: (9,)")
+    e = await assert_no_task(spm, "Volume.create", dc.create_params(preallocate=7))
+    assert (e.vdsm_code, e.message) == (231, "Incorrect Volume Preallocate Type: (7,)")
+    e = await assert_no_task(spm, "Volume.create", dc.create_params(diskType="XXXX"))
+    assert (e.vdsm_code, e.message) == (1000, "Invalid parameter: 'DiskType=XXXX'")
 
 
-async def test_copy_move_delete_validation(spm: StompRpcClient, dc: DataCenter) -> None:
+async def test_validation_comes_before_the_spm_check(rpc: RpcFactory, dc: DataCenter) -> None:
+    host2 = await rpc("host2")
+    e = await assert_no_task(host2, "Volume.create", dc.create_params(img="x"))
+    assert (e.vdsm_code, e.message) == (1000, "Invalid parameter: 'imgUUID=x'")
+    e = await assert_no_task(host2, "Volume.create", dc.create_params(volFormat=9))
+    assert e.vdsm_code == 202
+    e = await assert_no_task(host2, "Volume.create", dc.create_params())
+    assert (e.vdsm_code, e.message) == (654, f"Not SPM: ('{dc.pool}',)")
+
+
+async def test_copy_move_delete_validation(
+    spm: StompRpcClient, rpc: RpcFactory, dc: DataCenter
+) -> None:
     src = await make_volume(spm, dc)
     missing = str(uuid.uuid4())
-    e = await assert_no_task(spm, "Volume.copy", copy_params(dc, src, volumeID=missing))
-    assert (e.vdsm_code, e.message) == (201, f"Volume does not exist: ('{missing}',)")
-    e = await assert_no_task(spm, "Volume.copy", copy_params(dc, src, dstVolUUID="bad"))
-    assert e.vdsm_code == 1000
+    host2 = await rpc("host2")
+    # Volume.copy: same image on the same domain, unknown domains, the source image (sync).
+    e = await assert_no_task(
+        spm, "Volume.copy", copy_params(dc, src, dstSdUUID=dc.master, dstImgUUID=src["imageID"])
+    )
+    assert (e.vdsm_code, e.message) == (1000, f"Invalid parameter: 'dstImgUUID={src['imageID']}'")
     e = await assert_no_task(spm, "Volume.copy", copy_params(dc, src, dstSdUUID=missing))
     assert e.vdsm_code == 358
-    e = await assert_no_task(
-        spm,
-        "Volume.delete",
-        {**dc.vol_params(src), "volumeID": missing, "postZero": False, "force": False},
+    e = await assert_no_task(spm, "Volume.copy", copy_params(dc, src, imageID=missing))
+    assert (e.vdsm_code, e.message) == (
+        268,
+        f"Image does not exist in domain: 'image={missing}, domain={dc.master}'",
     )
-    assert e.vdsm_code == 201
-    e = await assert_no_task(
-        spm,
-        "Image.delete",
-        {
-            "imageID": missing,
-            "storagepoolID": dc.pool,
-            "storagedomainID": dc.master,
-            "postZero": False,
-            "force": False,
-        },
+    # validateVolumeChain is a secured pool method: SecureError, answered "Not SPM" bare.
+    e = await assert_no_task(host2, "Volume.copy", copy_params(dc, src))
+    assert (e.vdsm_code, e.message) == (654, "Not SPM")
+    # Volume.delete: pool, then the image id, then SPM; nothing else before the job.
+    delete = {**dc.vol_params(src), "postZero": False, "force": False}
+    e = await assert_no_task(spm, "Volume.delete", {**delete, "imageID": "bad"})
+    assert (e.vdsm_code, e.message) == (1000, "Invalid parameter: 'imgUUID=bad'")
+    e = await assert_no_task(spm, "Volume.delete", {**delete, "storagepoolID": missing})
+    assert e.vdsm_code == 309
+    e = await assert_no_task(host2, "Volume.delete", delete)
+    assert (e.vdsm_code, e.message) == (654, f"Not SPM: ('{dc.pool}',)")
+    tid = await spm.call("Volume.delete", {**delete, "storagedomainID": missing})
+    status = await wait_task(spm, tid)
+    assert (status["taskResult"], status["code"]) == ("cleanSuccess", 358)
+    # Image.delete: the image is looked up synchronously, with both ids in the error.
+    image = {"storagepoolID": dc.pool, "storagedomainID": dc.master, "force": False}
+    e = await assert_no_task(spm, "Image.delete", {**image, "imageID": missing, "postZero": False})
+    assert (e.vdsm_code, e.message) == (
+        268,
+        f"Image does not exist in domain: 'image={missing}, domain={dc.master}'",
     )
-    assert e.vdsm_code == 268
+    img = {**image, "imageID": src["imageID"]}
+    e = await assert_no_task(host2, "Image.delete", {**img, "postZero": False})
+    assert (e.vdsm_code, e.message) == (654, "Not SPM")  # pool.deleteImage is secured
+    e = await assert_no_task(host2, "Image.delete", {**img, "postZero": True})
+    assert (e.vdsm_code, e.message) == (654, f"Not SPM: ('{dc.pool}',)")  # _spmSchedule
+    # Image.move: the same domain twice is 1000 "srcDom" with HSM's argument string.
     move = {
         "imageID": src["imageID"],
         "storagepoolID": dc.pool,
         "storagedomainID": dc.master,
-        "dstSdUUID": dc.other_domain,
-        "operation": "TELEPORT",
+        "dstSdUUID": dc.master,
+        "operation": "MOVE",
         "postZero": False,
         "force": False,
     }
-    assert (await assert_no_task(spm, "Image.move", move)).vdsm_code == 1000
+    e = await assert_no_task(spm, "Image.move", move)
+    assert e.vdsm_code == 1000
+    assert e.message.startswith("Invalid parameter: 'srcDom=must be different from dstDom: ")
+    e = await assert_no_task(spm, "Image.move", {**move, "dstSdUUID": missing})
+    assert e.vdsm_code == 358
+    assert src["volumeID"] in await domain_volumes(spm, dc, dc.master)
 
 
 @pytest.mark.parametrize(

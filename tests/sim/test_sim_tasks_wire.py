@@ -291,7 +291,7 @@ async def test_task_views_are_filtered_by_tag_and_guarded_by_spm(
     host2 = await rpc("host2")
     for method in ("Host.getAllTasksStatuses", "Host.getAllTasksInfo"):
         e = await call_error(host2, method)
-        assert (e.vdsm_code, e.message) == (654, "Not SPM")
+        assert (e.vdsm_code, e.message) == (654, "Not SPM: ()")  # SpmStatusError()
     assert await host2.call("Host.getAllTasks") == {}
     p = dc.create_params()
     e = await call_error(host2, "Volume.create", p)
@@ -320,7 +320,7 @@ async def test_http_jsonrpc_subset(control: Control, dc: DataCenter) -> None:
     reply = await control.http_call("host1", "Host.getAllTasksStatuses")
     assert reply["result"][tid]["taskResult"] == "cleanSuccess"
     reply = await control.http_call("host2", "Host.getAllTasksStatuses")
-    assert reply["error"] == {"code": 654, "message": "Not SPM"}
+    assert reply["error"] == {"code": 654, "message": "Not SPM: ()"}
     reply = await control.http_call("host1", "Task.clear", {"taskID": tid})
     assert reply["result"] is True
     reply = await control.http_call("host1", "Task.getStatus", {"taskID": tid})

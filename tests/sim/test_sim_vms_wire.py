@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Control, RawFactory, wait_for_async
+from tests.conftest import Control, DataCenter, RawFactory, wait_for_async
 from tests.sim.stomp_client import RpcError, StompClient
 
 
@@ -95,14 +95,21 @@ async def test_vm_verbs_errors(raw: RawFactory, control: Control) -> None:
     assert info.value.code == -32602
 
 
-async def test_sdm_copy_data_host_job(raw: RawFactory) -> None:
+async def test_sdm_copy_data_host_job(raw: RawFactory, dc: DataCenter) -> None:
     c = await raw("host1", subscribe_events=True)
     job = str(uuid.uuid4())
+    p = dc.create_params()
+    tid = await c.call("Volume.create", p)
+
+    async def created() -> bool:
+        return bool((await c.call("Task.getStatus", {"taskID": tid}))["taskState"] == "finished")
+
+    await wait_for_async(created)
     source = {
         "endpoint_type": "div",
-        "sd_id": str(uuid.uuid4()),
-        "img_id": str(uuid.uuid4()),
-        "vol_id": str(uuid.uuid4()),
+        "sd_id": p["storagedomainID"],
+        "img_id": p["imageID"],
+        "vol_id": p["volumeID"],
     }
     assert (
         await c.call("SDM.copy_data", {"job_id": job, "source": source, "destination": source})
@@ -121,4 +128,6 @@ async def test_sdm_copy_data_host_job(raw: RawFactory) -> None:
     assert (info.value.code, info.value.message) == (100, f"Job '{job}' exists")
     # SDM jobs run in an unpersisted `sdm` task, listed by getAllTasks only.
     tasks = await c.call("Host.getAllTasks")
-    assert all(t["tag"] != "spm" for t in tasks.values())
+    sdm = [t for t in tasks.values() if t["tag"] == "sdm"]
+    assert [(t["verb"], t["state"]) for t in sdm] == [("sdm_copy_data", "finished")]
+    assert set(await c.call("Host.getAllTasksStatuses")) == {tid}

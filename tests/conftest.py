@@ -187,7 +187,7 @@ class DataCenter:
         vol: str | None = None,
         img: str | None = None,
         sd: str | None = None,
-        size: str = "1073741824",
+        size: str | int = "1073741824",
         preallocate: int = 2,
         **extra: Any,
     ) -> dict[str, Any]:

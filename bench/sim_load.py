@@ -218,6 +218,7 @@ class PhaseResult:
     sim_cpu_percent: float
     gen_cpu_percent: float
     bad_replies: int
+    reply_bytes: int
     bad_examples: list[str] = field(default_factory=list)
 
 
@@ -232,6 +233,7 @@ class Phase:
         self.running = False
         self.latencies: list[float] = []
         self.replies = 0  # replies received inside the window, whenever their call was sent
+        self.reply_bytes = 0  # JSON bodies of those replies
         self.bad = 0
         self.bad_examples: list[str] = []
 
@@ -319,6 +321,7 @@ class PollConnection(asyncio.Protocol):
         self.check(phase, body)
         if phase.start <= now <= phase.end:
             phase.replies += 1
+            phase.reply_bytes += len(body)
             if phase.start <= self.sent_at:
                 phase.latencies.append(now - self.sent_at)
         if phase.running and self.lost is None:
@@ -411,6 +414,7 @@ async def run_load(
                     sim_cpu_percent=round(100 * (cpu1 - cpu0) / elapsed, 1),
                     gen_cpu_percent=round(100 * (gen1 - gen0) / elapsed, 1),
                     bad_replies=phase.bad,
+                    reply_bytes=phase.reply_bytes // max(phase.replies, 1),
                     bad_examples=phase.bad_examples,
                 )
             )
@@ -536,12 +540,13 @@ def main(argv: list[str] | None = None) -> int:
     results = [PhaseResult(**r) for r in outcome]
     print(
         f"\n{'method':<26}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'sim CPU':>9}"
-        f"{'gen CPU':>9}{'calls':>9}{'bad':>6}"
+        f"{'gen CPU':>9}{'calls':>9}{'bytes':>7}{'bad':>6}"
     )
     for r in results:
         print(
             f"{r.method:<26}{r.calls_per_s:>10.0f}{r.p50_ms:>9.1f}{r.p99_ms:>9.1f}"
-            f"{r.sim_cpu_percent:>8.0f}%{r.gen_cpu_percent:>8.0f}%{r.calls:>9}{r.bad_replies:>6}"
+            f"{r.sim_cpu_percent:>8.0f}%{r.gen_cpu_percent:>8.0f}%{r.calls:>9}{r.reply_bytes:>7}"
+            f"{r.bad_replies:>6}"
         )
         for example in r.bad_examples:
             print(f"    bad reply: {example}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 
@@ -39,7 +40,7 @@ def test_job_cancel_paths() -> None:
 
 def test_every_status_can_reach_an_end() -> None:
     """No record can get stuck: from every status some chain of legal moves ends it."""
-    cases = [
+    cases: list[tuple[Any, list[Any], frozenset[Any]]] = [
         (check_job_move, list(JobStatus), model.JOB_TERMINAL),
         (check_step_move, list(StepStatus), model.STEP_TERMINAL),
         (check_command_move, list(CommandStatus), model.COMMAND_TERMINAL),
@@ -60,9 +61,9 @@ def test_every_status_can_reach_an_end() -> None:
 def test_settled_tasks_and_terminal_commands_are_final() -> None:
     for s, t in itertools.product(model.TASK_SETTLED, TaskStatus):
         assert not _legal(check_task_move, s, t)
-    for t in CommandStatus:
-        assert not _legal(check_command_move, CommandStatus.CANCELLED, t)
-        assert not _legal(check_command_move, CommandStatus.ENDED_WITH_FAILURE, t)
+    for c in CommandStatus:
+        assert not _legal(check_command_move, CommandStatus.CANCELLED, c)
+        assert not _legal(check_command_move, CommandStatus.ENDED_WITH_FAILURE, c)
 
 
 def test_a_submitting_task_cannot_skip_to_cleared() -> None:

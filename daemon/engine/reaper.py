@@ -1,0 +1,91 @@
+"""The orphan reaper: stops and clears VDSM tasks that no running job owns.
+
+Two kinds of orphans exist: tasks an SPM reports that the daemon has no record of (a verb whose
+reply was lost in a crash), and tasks of jobs that ended without clearing them (forced cancels,
+hosts that never came back). Both would otherwise sit on the SPM forever — the engine's
+"taskcleaner.sh" problem. An unknown task is only touched after `grace` seconds, and never while a
+creating verb is still in flight on its pool, so a task whose id is about to be recorded is safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from daemon.model import TaskStatus
+from daemon.registry import Registry
+from daemon.vdsm.errors import UnknownTask, VdsmCallError
+
+if TYPE_CHECKING:
+    from daemon.hosts import HostManager
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReapRecord:
+    host: str
+    vdsm_id: str
+    first_seen: float
+    stop_sent: bool = False
+    actions: list[str] = field(default_factory=list)
+
+
+class Reaper:
+    def __init__(self, registry: Registry, hosts: HostManager, *, grace: float = 30.0) -> None:
+        self.registry = registry
+        self.hosts = hosts
+        self.grace = grace
+        self.unknown: dict[tuple[str, str], ReapRecord] = {}
+        self.reaped: list[ReapRecord] = []  # what it did, for the API and tests
+
+    async def on_unknown_tasks(self, pool: str, host: str, ids: list[str]) -> None:
+        """Called by a pool's poller with the ids its SPM reports that no record owns."""
+        now = time.monotonic()
+        current = {(host, i) for i in ids}
+        for key in list(self.unknown):
+            if key[0] == host and key not in current:
+                del self.unknown[key]  # gone on its own (cleared elsewhere)
+        in_flight = any(
+            t.pool == pool and t.status is TaskStatus.SUBMITTING
+            for t in self.registry.tasks.values()
+        )
+        for vdsm_id in ids:
+            record = self.unknown.setdefault((host, vdsm_id), ReapRecord(host, vdsm_id, now))
+            if in_flight or now - record.first_seen < self.grace:
+                continue
+            await self._reap(record)
+
+    async def reap_orphans(self) -> None:
+        """Tasks of ended jobs marked ORPHAN: stop and clear them once their host answers."""
+        for task in list(self.registry.tasks.values()):
+            if task.status is not TaskStatus.ORPHAN or not task.vdsm_id:
+                continue
+            record = ReapRecord(task.host, task.vdsm_id, time.monotonic(), task.stop_sent)
+            if await self._reap(record):
+                self.registry.set_task_status(task, TaskStatus.CLEARED)
+
+    async def _reap(self, record: ReapRecord) -> bool:
+        """Stop then clear one task; returns True once it is gone from its host."""
+        vdsm = self.hosts.vdsm(record.host)
+        try:
+            status = await vdsm.task_status(record.vdsm_id)
+            if status.state != "finished":
+                if not record.stop_sent:
+                    await vdsm.stop_task(record.vdsm_id)
+                    record.stop_sent = True
+                    record.actions.append("stopped")
+                return False
+            await vdsm.clear_task(record.vdsm_id)
+            record.actions.append("cleared")
+        except UnknownTask:
+            record.actions.append("already gone")
+        except VdsmCallError as e:
+            log.warning("reaper: task %s on %s: %s", record.vdsm_id, record.host, e)
+            return False
+        self.unknown.pop((record.host, record.vdsm_id), None)
+        self.reaped.append(record)
+        log.info("reaper: task %s on %s %s", record.vdsm_id, record.host, ", ".join(record.actions))
+        return True

@@ -114,6 +114,7 @@ class Storage:
         # Volumes a MOVE took off their source, kept so that its rollback can put them back
         # (recovery arguments are short strings, so the rollback names the volume, not its data).
         self.moved_away: dict[str, Volume] = {}
+        self._host_pool: dict[str, Pool] = {}
 
     # -- building -----------------------------------------------------------------------------
 
@@ -134,8 +135,17 @@ class Storage:
         return pool
 
     def pool_of_host(self, host: str) -> Pool | None:
+        """The host's pool; cached because every SPM check asks (1,000 pools made it a hot scan).
+
+        The cached answer is re-checked against the pool's member list, so a host moved or added
+        by hand is still found correctly.
+        """
+        cached = self._host_pool.get(host)
+        if cached is not None and self.pools.get(cached.uuid) is cached and host in cached.hosts:
+            return cached
         for pool in self.pools.values():
             if host in pool.hosts:
+                self._host_pool[host] = pool
                 return pool
         return None
 

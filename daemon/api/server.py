@@ -56,18 +56,29 @@ async def _is_alive(path: Path) -> bool:
     return True
 
 
-async def _clear_stale(path: Path) -> None:
+def _existing_socket(path: Path) -> bool:
+    """Whether a socket file is in the way; anything else at the path is an error."""
     try:
-        st = path.lstat()
+        st = os.lstat(path)
     except FileNotFoundError:
-        return
+        return False
     if not stat.S_ISSOCK(st.st_mode):
         raise ApiStartError(f"{path} exists and is not a socket; refusing to replace it")
+    return True
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+async def _clear_stale(path: Path) -> None:
+    if not _existing_socket(path):
+        return
     if await _is_alive(path):
         raise ApiStartError(f"another process answers on {path}; is taskmgrd already running?")
     log.info("removing stale API socket %s", path)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+    _remove(path)
 
 
 def _gid(group: str | int) -> int:
@@ -81,7 +92,8 @@ def _gid(group: str | int) -> int:
         raise ApiStartError(f"socket group {group!r} does not exist") from None
 
 
-def _bind(path: Path, mode: int, group: str | int | None) -> socket.socket:
+def _bind(path: Path, mode: int, group: str | int | None) -> tuple[socket.socket, int]:
+    """A listening socket at `path` with its mode and group set before listen(); and its inode."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         try:
@@ -93,14 +105,15 @@ def _bind(path: Path, mode: int, group: str | int | None) -> socket.socket:
             if group is not None:
                 os.chown(path, -1, _gid(group))
         except OSError as e:
-            path.unlink(missing_ok=True)
+            _remove(path)
             raise ApiStartError(f"cannot set mode/group of {path}: {e}") from None
+        inode = os.stat(path).st_ino
         sock.listen(512)
         sock.setblocking(False)
     except BaseException:
         sock.close()
         raise
-    return sock
+    return sock, inode
 
 
 async def start_api(
@@ -112,9 +125,9 @@ async def start_api(
 ) -> ApiServer:
     """Serve `app` on `socket_path`; raises ApiStartError with the reason when it cannot."""
     path = Path(socket_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    os.makedirs(path.parent, exist_ok=True)
     await _clear_stale(path)
-    sock = _bind(path, mode, group)
+    sock, inode = _bind(path, mode, group)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     try:
         await runner.setup()
@@ -122,15 +135,15 @@ async def start_api(
     except BaseException:
         await runner.cleanup()
         sock.close()
-        path.unlink(missing_ok=True)
+        _remove(path)
         raise
     log.info("API listening on %s (mode %o, group %s)", path, mode, group or "-")
-    return ApiServer(runner, path, os.stat(path).st_ino)
+    return ApiServer(runner, path, inode)
 
 
 async def stop_api(server: ApiServer) -> None:
     """Stop serving and remove the socket file, unless another process has replaced it."""
     await server.runner.cleanup()
     with contextlib.suppress(FileNotFoundError):
-        if server.path.stat().st_ino == server.inode:
-            server.path.unlink()
+        if os.stat(server.path).st_ino == server.inode:
+            _remove(server.path)

@@ -26,7 +26,6 @@ from daemon.errors import Forbidden
 log = logging.getLogger(__name__)
 
 _UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
-PEER_KEY = "peer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,17 +79,22 @@ def peer_of_request(request: web.Request) -> Peer | None:
     return peer_of_socket(transport.get_extra_info("socket"))
 
 
+# request["peer"]: set when the caller is known (always, on the unix socket)
+PEER_KEY = web.RequestKey("peer", Peer)
+
+
 @web.middleware
 async def peer_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Puts the caller's identity (or None off a unix socket) on every request."""
-    request[PEER_KEY] = peer_of_request(request)
+    """Puts the caller's identity on every request that has one (any request on a unix socket)."""
+    peer = peer_of_request(request)
+    if peer is not None:
+        request[PEER_KEY] = peer
     response: web.StreamResponse = await handler(request)
     return response
 
 
 def require_peer(request: web.Request) -> Peer:
     """The caller's identity, for handlers that change state: no identity, no change."""
-    peer: Peer | None = request.get(PEER_KEY)
-    if peer is None:
+    if PEER_KEY not in request:
         raise Forbidden("the caller's identity is unknown (peer credentials need a unix socket)")
-    return peer
+    return request[PEER_KEY]

@@ -94,6 +94,7 @@ def _gid(group: str | int) -> int:
 
 def _bind(path: Path, mode: int, group: str | int | None) -> tuple[socket.socket, int]:
     """A listening socket at `path` with its mode and group set before listen(); and its inode."""
+    gid = None if group is None else _gid(group)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         try:
@@ -102,8 +103,8 @@ def _bind(path: Path, mode: int, group: str | int | None) -> tuple[socket.socket
             raise ApiStartError(f"cannot bind the API socket {path}: {e}") from None
         try:
             os.chmod(path, mode)
-            if group is not None:
-                os.chown(path, -1, _gid(group))
+            if gid is not None:
+                os.chown(path, -1, gid)
         except OSError as e:
             _remove(path)
             raise ApiStartError(f"cannot set mode/group of {path}: {e}") from None

@@ -337,7 +337,8 @@ def print_submitted(console: Console, job: dict[str, Any]) -> None:
 
 def print_jobs(console: Console, doc: dict[str, Any]) -> None:
     table = Table(title=f"jobs ({doc['count']} of {doc['total']})", title_justify="left")
-    for col in ("ID", "ACTION", "STATUS", "CREATED", "TOOK", "CORRELATION", "OWNER", "ERROR"):
+    table.add_column("ID", no_wrap=True)  # ids are for copying: never folded
+    for col in ("ACTION", "STATUS", "CREATED", "TOOK", "CORRELATION", "OWNER", "ERROR"):
         table.add_column(col, overflow="fold")
     for job in doc["jobs"]:
         table.add_row(

@@ -1,0 +1,179 @@
+"""`taskmgr` as a user runs it: a subprocess talking to a served API over its unix socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.cli import parse_params
+from tests.daemon.api_support import POOL, ApiDaemon, settle
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+async def taskmgr(*args: str, socket: Path | None, env: dict[str, str] | None = None) -> Run:
+    argv = [sys.executable, "-m", "daemon.cli"]
+    if socket is not None:
+        argv += ["--socket", str(socket)]
+    full_env = {k: v for k, v in os.environ.items() if k != "TASKMGR_SOCKET"}
+    full_env.update({"COLUMNS": "200", **(env or {})})
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        *args,
+        cwd=ROOT,
+        env=full_env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return Run(proc.returncode, out.decode(), err.decode())
+
+
+async def test_actions_human_and_json(api: ApiDaemon) -> None:
+    run = await taskmgr("actions", socket=api.socket)
+    assert run.code == 0, run.err
+    assert "CreateDisk" in run.out and "RefreshHost" in run.out
+    run = await taskmgr("actions", "--json", socket=api.socket)  # --json after the command too
+    assert run.code == 0
+    assert "CreateDisk" in [a["name"] for a in run.json()["actions"]]
+
+
+async def test_hosts_add_list_remove(api: ApiDaemon) -> None:
+    run = await taskmgr("hosts", "add", "host1", "127.0.0.1", "54321", POOL, socket=api.socket)
+    assert run.code == 0, run.err
+    assert "host1" in api.registry.hosts
+    run = await taskmgr("--json", "hosts", socket=api.socket)
+    assert run.code == 0 and [h["name"] for h in run.json()["hosts"]] == ["host1"]
+    run = await taskmgr("hosts", socket=api.socket)
+    assert run.code == 0 and "host1" in run.out
+    run = await taskmgr(
+        "hosts",
+        "add",
+        "host1",
+        "127.0.0.1",
+        "54321",
+        POOL,
+        "--transport",
+        "http",
+        socket=api.socket,
+    )
+    assert run.code == 1 and run.err.startswith("error: conflict: ")
+    run = await taskmgr("hosts", "remove", "host1", socket=api.socket)
+    assert run.code == 0 and api.registry.hosts == {}
+    run = await taskmgr("hosts", "remove", "host1", socket=api.socket)
+    assert run.code == 1 and run.err.startswith("error: not_found: ")
+
+
+async def test_submit_wait_show_and_jobs(api: ApiDaemon) -> None:
+    await api.hosts.add_host("host1", "127.0.0.1", 54321, POOL)
+    run = await taskmgr(
+        "submit", "RefreshHost", "host=host1", "--correlation-id", "c1", "--wait", socket=api.socket
+    )
+    assert run.code == 0, run.out + run.err
+    assert "FINISHED" in run.out and "Finalizing" in run.out
+
+    run = await taskmgr("--json", "submit", "RefreshHost", "host=host1", socket=api.socket)
+    assert run.code == 0
+    job = run.json()
+    assert job["owner"] == os.getuid() and job["params"] == {"host": "host1"}
+    await settle(api)
+
+    run = await taskmgr("show", job["id"], socket=api.socket)
+    assert run.code == 0 and job["id"] in run.out and "Executing" in run.out
+    run = await taskmgr("show", job["id"], "--json", socket=api.socket)
+    assert run.code == 0 and run.json()["status"] == "FINISHED"
+
+    run = await taskmgr("jobs", "--json", "--correlation-id", "c1", socket=api.socket)
+    assert run.code == 0 and run.json()["total"] == 1
+    run = await taskmgr("jobs", "--status", "FINISHED", socket=api.socket)
+    assert run.code == 0 and "RefreshHost" in run.out
+    run = await taskmgr("jobs", "--status", "DONE", socket=api.socket)
+    assert run.code == 1 and "error: bad_request: " in run.err and "FINISHED" in run.err
+
+
+async def test_a_waited_job_that_fails_exits_1(api: ApiDaemon) -> None:
+    run = await taskmgr("submit", "RefreshHost", "host=nowhere", "--wait", socket=api.socket)
+    assert run.code == 1, run.out + run.err
+    assert "FAILED" in run.out and "no host named" in run.out
+    run = await taskmgr(
+        "--json", "submit", "RefreshHost", "host=nowhere", "--wait", socket=api.socket
+    )
+    assert run.code == 1 and run.json()["status"] == "FAILED"
+
+
+async def test_daemon_errors_exit_1(api: ApiDaemon) -> None:
+    run = await taskmgr("submit", "FormatEverything", socket=api.socket)
+    assert run.code == 1 and run.err.startswith("error: unknown_action: ")
+    run = await taskmgr("--json", "submit", "RefreshHost", "host=a b", socket=api.socket)
+    assert run.code == 1 and run.json()["error"]["code"] == "invalid_params"
+    run = await taskmgr("show", "no-such-job", socket=api.socket)
+    assert run.code == 1 and run.err.startswith("error: not_found: ")
+    assert api.registry.jobs == {}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (),
+        ("frobnicate",),
+        ("submit",),
+        ("submit", "RefreshHost", "host"),
+        ("submit", "RefreshHost", "--params", "[1]"),
+        ("submit", "RefreshHost", "--params", "{nope"),
+        ("hosts", "add", "h", "addr", "not-a-port", POOL),
+    ],
+    ids=["nothing", "unknown command", "no action", "no =", "params list", "params bad", "port"],
+)
+async def test_usage_errors_exit_2(api: ApiDaemon, args: tuple[str, ...]) -> None:
+    run = await taskmgr(*args, socket=api.socket)
+    assert run.code == 2, run.err
+    assert run.err
+    assert api.registry.jobs == {} and api.registry.hosts == {}
+
+
+async def test_unreachable_daemon_exits_3(tmp_path: Path) -> None:
+    missing = tmp_path / "nothing.sock"
+    run = await taskmgr("jobs", socket=missing)
+    assert run.code == 3 and str(missing) in run.err
+    run = await taskmgr("health", socket=None, env={"TASKMGR_SOCKET": str(missing)})
+    assert run.code == 3 and str(missing) in run.err
+
+
+async def test_env_socket_is_used(api: ApiDaemon) -> None:
+    run = await taskmgr("--json", "health", socket=None, env={"TASKMGR_SOCKET": str(api.socket)})
+    assert run.code == 0 and run.json()["status"] == "ok"
+
+
+def test_key_value_params_parse_as_json_when_they_can() -> None:
+    params = parse_params(
+        ["size=1073741824", "sparse=true", "name=vm-1", "disks=[1, 2]", "empty=", "uuid=" + POOL],
+        '{"size": 1, "pool": "p"}',
+    )
+    assert params == {
+        "size": 1073741824,
+        "sparse": True,
+        "name": "vm-1",
+        "disks": [1, 2],
+        "empty": "",
+        "uuid": POOL,
+        "pool": "p",
+    }

@@ -102,7 +102,7 @@ async def serve(db: Path, **settings: Any) -> tuple[ApiDaemon, ApiServer]:
     registry = Registry(store)
     await registry.load()
     hosts = FakeHosts(registry)
-    executor = Executor(registry, hosts, dict(ACTIONS))  # type: ignore[arg-type]
+    executor = Executor(registry, hosts, dict(ACTIONS))  # type: ignore[arg-type,unused-ignore]
     config = Config()
     if settings:
         import dataclasses

@@ -73,9 +73,13 @@ class Executor:
         return cls.spec
 
     def check(self, action: object, params: object) -> tuple[str, dict[str, Any]]:
+        """Check a client's submission: internal actions run only as children, never submitted."""
         if not isinstance(action, str):
             raise InvalidParams("action must be a string")
-        return action, self.spec(action).check(params if params is not None else {})
+        spec = self.spec(action)
+        if getattr(self.actions[action], "internal", False):
+            raise UnknownAction(f"{action} is internal and cannot be submitted")
+        return action, spec.check(params if params is not None else {})
 
     async def submit(
         self,

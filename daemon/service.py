@@ -1,13 +1,175 @@
-"""`taskmgrd`: the daemon's entry point.
+"""`taskmgrd`: wiring of the daemon, its lifecycle, and the command line.
 
-Today it offers `taskmgrd demo` (see daemon/demo.py). `taskmgrd run`, the daemon itself, comes
-with the daemon core and says so rather than pretending to start.
+One process, one event loop: store → registry → hosts → executor → API. Start-up loads every job
+from SQLite, reconnects to the hosts, resumes what was running, and only then opens the API; a
+stop closes the API first, lets the store write what it holds, and leaves running jobs to resume
+on the next start.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import logging
+import signal
 import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from daemon import model
+from daemon.commands import ACTIONS
+from daemon.config import Config, ConfigError, load_config
+from daemon.engine.executor import Executor
+from daemon.engine.reaper import Reaper
+from daemon.events import EventHub
+from daemon.hosts import HostManager
+from daemon.registry import Registry
+from daemon.store import Store
+
+log = logging.getLogger("taskmgrd")
+
+VERSION = "0.1.0"
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.settings = config
+        self.started_at = time.time()
+        self.store = Store(config.daemon.db, synchronous=config.daemon.synchronous)
+        self.events = EventHub()
+        self.registry = Registry(self.store, self.events)
+        self.hosts = HostManager(self.registry, settings=config.host_settings())
+        self.executor = Executor(self.registry, self.hosts, dict(ACTIONS))
+        self.reaper = Reaper(self.registry, self.hosts)
+        self._api: Any = None
+        self._background: list[asyncio.Task[None]] = []
+
+    async def start(self, *, api: bool = True) -> None:
+        await self.store.open()
+        await self.registry.load()
+        self.hosts.on_vm_report.append(self.executor.vms.host_snapshot)
+        self.hosts.on_vm_event.append(self._vm_event)
+        self.hosts.on_unknown_tasks.append(self._unknown_tasks)
+        await self.hosts.start()
+        for entry in self.config.hosts:
+            if entry.name not in self.registry.hosts:
+                await self.hosts.add_host(
+                    entry.name,
+                    entry.address,
+                    entry.port,
+                    entry.pool,
+                    transport=entry.transport,
+                    tls=entry.tls,
+                )
+        resumed = await self.executor.recover()
+        if resumed:
+            log.info("resumed %d jobs after restart", len(resumed))
+        self._background.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        if api:
+            from daemon.api.app import build_app
+            from daemon.api.server import start_api
+
+            self._api = await start_api(
+                build_app(self),
+                self.config.daemon.socket,
+                mode=self.config.daemon.socket_mode,
+                group=self.config.daemon.socket_group,
+            )
+
+    async def stop(self) -> None:
+        if self._api is not None:
+            from daemon.api.server import stop_api
+
+            await stop_api(self._api)
+            self._api = None
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._background.clear()
+        await self.executor.close()
+        await self.hosts.close()
+        await self.store.close()
+
+    # -- callbacks from the hosts ------------------------------------------------------------
+
+    def _vm_event(self, host: str, method: str, params: dict[str, Any]) -> None:
+        """`|virt|VM_status|<vm>` events carry {vm_id: {status, ...}}: feed the VM watch."""
+        if not method.startswith("|virt|VM_status|"):
+            return
+        for vm_id, info in params.items():
+            if isinstance(info, dict) and "status" in info:
+                self.executor.vms.report(host, vm_id, str(info["status"]), **info)
+
+    def _unknown_tasks(self, pool: str, host: str, ids: list[str]) -> None:
+        task = asyncio.create_task(self.reaper.on_unknown_tasks(pool, host, ids))
+        self._background.append(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        if task in self._background:
+            self._background.remove(task)
+
+    # -- housekeeping: purge and orphan reaping ------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.housekeeping_seconds)
+            try:
+                await self.purge()
+                await self.reaper.reap_orphans()
+            except Exception:  # housekeeping must never take the daemon down
+                log.exception("housekeeping failed")
+
+    async def purge(self, now: float | None = None) -> list[str]:
+        """Drop terminal jobs older than their retention (FINISHED and the rest differ)."""
+        now = now if now is not None else time.time()
+        keep = {
+            model.JobStatus.FINISHED: self.config.retention.finished_minutes * 60,
+            model.JobStatus.FAILED: self.config.retention.failed_minutes * 60,
+            model.JobStatus.ABORTED: self.config.retention.failed_minutes * 60,
+        }
+        old = [
+            job.id
+            for job in self.registry.jobs.values()
+            if job.status in keep
+            and job.ended_at is not None
+            and now - job.ended_at > keep[job.status]
+            and all(t.status in model.TASK_SETTLED for t in self.registry.job_tasks(job.id))
+        ]
+        for job_id in old:
+            self.registry.forget_job(job_id)
+        await self.store.purge_jobs(old)
+        return old
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def _run(coro: Any) -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+async def _serve(config: Config) -> int:
+    daemon = Daemon(config)
+    await daemon.start()
+    log.info("taskmgrd %s ready on %s (db %s)", VERSION, config.daemon.socket, config.daemon.db)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await daemon.stop()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,16 +177,29 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="run a bundled simulator and show tasks stopped and reverted")
     run = sub.add_parser("run", help="run the daemon in the foreground")
-    run.add_argument("--config")
-    run.add_argument("--socket")
-    run.add_argument("--db")
+    check = sub.add_parser("check-config", help="validate a configuration file and exit")
+    for p in (run, check):
+        p.add_argument("--config", type=Path, help="TOML file (see config/taskmgrd.toml)")
+        p.add_argument("--socket", type=Path, help="unix socket of the API")
+        p.add_argument("--db", type=Path, help="SQLite file")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from daemon.demo import run_demo  # the demo alone pulls in the simulator
 
         return run_demo()
-    print("taskmgrd run: the daemon core is not built yet; try `taskmgrd demo`", file=sys.stderr)
-    return 2
+    try:
+        config = load_config(args.config).with_overrides(socket=args.socket, db=args.db)
+    except ConfigError as e:
+        print(f"taskmgrd: {e}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        print(f"taskmgrd: configuration OK ({args.config or 'defaults'})")
+        return 0
+    logging.basicConfig(
+        level=config.daemon.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return int(_run(_serve(config)))
 
 
 if __name__ == "__main__":

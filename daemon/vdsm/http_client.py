@@ -1,0 +1,84 @@
+"""JSON-RPC over HTTP POST, the second transport (the simulator's `/hosts/<name>/jsonrpc`).
+
+Same surface as `StompRpcClient` minus events: HTTP has no server push, so a host reached over
+HTTP is monitored by polling only.
+"""
+
+from __future__ import annotations
+
+import ssl
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from jsonrpcclient import Error, Ok, parse, request
+
+from daemon.vdsm.client import DEFAULT_TIMEOUT
+from daemon.vdsm.errors import ClientTimeout, ConnectionLost, VdsmCallError, error_for
+
+
+class HttpRpcClient:
+    def __init__(
+        self,
+        address: str,
+        port: int,
+        host_name: str,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        scheme = "https" if ssl_context else "http"
+        self.url = f"{scheme}://{address}:{port}/hosts/{host_name}/jsonrpc"
+        self.label = host_name
+        self.ssl_context = ssl_context
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def on_event(self, callback: Callable[[str, dict[str, Any]], None]) -> None:
+        """No events over HTTP; accepted so callers need not know the transport."""
+
+    async def call(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> Any:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        deadline = aiohttp.ClientTimeout(total=self.timeout if timeout is None else timeout)
+        body = request(method, params=params, id=str(uuid.uuid4()))
+        try:
+            async with self._session.post(
+                self.url, json=body, timeout=deadline, ssl=self.ssl_context or False
+            ) as resp:
+                if resp.status != 200:
+                    text = await resp.text()
+                    raise ConnectionLost(
+                        5022, f"HTTP {resp.status}: {text[:200]}", method, self.label
+                    )
+                reply = await resp.json(content_type=None)
+        except TimeoutError:
+            raise ClientTimeout(
+                5022,
+                "Message timeout which can be caused by communication issues",
+                method,
+                self.label,
+            ) from None
+        except aiohttp.ClientError as e:
+            raise ConnectionLost(5022, f"connection failed: {e}", method, self.label) from None
+        try:
+            parsed = parse(reply)
+        except (KeyError, TypeError, ValueError) as e:
+            raise VdsmCallError(-32603, f"malformed reply: {e}", method, self.label) from None
+        if isinstance(parsed, Ok):
+            return parsed.result
+        if isinstance(parsed, Error):
+            raise error_for(int(parsed.code), str(parsed.message), method, self.label)
+        raise VdsmCallError(-32603, f"unexpected reply {reply!r:.200}", method, self.label)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,264 @@
+"""Typed VDSM verbs over any JSON-RPC client, with replies checked before anyone trusts them.
+
+Parameter names and value forms are VDSM's (see spec/vdsm-task-api.md §2): sizes travel as
+strings, formats and allocations as VDSM's enum names. A reply whose shape is not what VDSM sends
+raises `BadReply` (a `VdsmCallError`), never a KeyError deep in the daemon.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from daemon.vdsm.errors import VdsmCallError
+
+BLANK_UUID = "00000000-0000-0000-0000-000000000000"
+
+
+class RpcClient(Protocol):
+    label: str
+
+    async def call(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> Any: ...
+
+    def on_event(self, callback: Callable[[str, dict[str, Any]], None]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class BadReply(VdsmCallError):
+    """The host answered with something VDSM never sends."""
+
+    code = -32603
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStatusReport:
+    task_id: str
+    state: str  # taskState: unknown, init, running, finished, aborting, cleaning
+    result: str  # taskResult: '', success, cleanSuccess, cleanFailure
+    code: int
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "taskID": self.task_id,
+            "taskState": self.state,
+            "taskResult": self.result,
+            "code": self.code,
+            "message": self.message,
+        }
+
+
+def _report(method: str, host: str, task_id: str, raw: Any) -> TaskStatusReport:
+    if not isinstance(raw, dict):
+        raise BadReply(
+            -32603, f"task status of {task_id} is not an object: {raw!r:.200}", method, host
+        )
+    try:
+        return TaskStatusReport(
+            str(raw.get("taskID", task_id)),
+            str(raw["taskState"]),
+            str(raw.get("taskResult", "")),
+            int(raw.get("code", 0) or 0),
+            str(raw.get("message", "")),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise BadReply(
+            -32603, f"malformed task status of {task_id}: {e}: {raw!r:.200}", method, host
+        ) from None
+
+
+def _expect(kind: type | tuple[type, ...], value: Any, method: str, host: str) -> Any:
+    if not isinstance(value, kind):
+        raise BadReply(-32603, f"unexpected reply {value!r:.200}", method, host)
+    return value
+
+
+class VdsmHost:
+    """One host's verbs; `client` is a STOMP or HTTP JSON-RPC client."""
+
+    def __init__(self, name: str, client: RpcClient, *, timeout: float | None = None) -> None:
+        self.name = name
+        self.client = client
+        self.timeout = timeout
+
+    async def _call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        return await self.client.call(method, params, timeout=self.timeout)
+
+    # -- host -----------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        await self._call("Host.ping2")
+
+    async def capabilities(self) -> dict[str, Any]:
+        return dict(
+            _expect(
+                dict, await self._call("Host.getCapabilities"), "Host.getCapabilities", self.name
+            )
+        )
+
+    async def stats(self) -> dict[str, Any]:
+        return dict(_expect(dict, await self._call("Host.getStats"), "Host.getStats", self.name))
+
+    async def vm_stats(self) -> list[dict[str, Any]]:
+        vms = _expect(list, await self._call("Host.getAllVmStats"), "Host.getAllVmStats", self.name)
+        return [vm for vm in vms if isinstance(vm, dict)]
+
+    async def vm_list(self) -> list[dict[str, Any]]:
+        vms = _expect(
+            list,
+            await self._call("Host.getVMList", {"fullStatus": False}),
+            "Host.getVMList",
+            self.name,
+        )
+        return [vm for vm in vms if isinstance(vm, dict)]
+
+    # -- tasks ----------------------------------------------------------------------------------
+
+    async def task_statuses(self) -> dict[str, TaskStatusReport]:
+        method = "Host.getAllTasksStatuses"
+        raw = _expect(dict, await self._call(method), method, self.name)
+        return {str(tid): _report(method, self.name, str(tid), st) for tid, st in raw.items()}
+
+    async def task_status(self, task_id: str) -> TaskStatusReport:
+        raw = await self._call("Task.getStatus", {"taskID": task_id})
+        return _report("Task.getStatus", self.name, task_id, raw)
+
+    async def task_info(self) -> dict[str, dict[str, Any]]:
+        method = "Host.getAllTasksInfo"
+        return dict(_expect(dict, await self._call(method), method, self.name))
+
+    async def stop_task(self, task_id: str) -> None:
+        await self._call("Task.stop", {"taskID": task_id})
+
+    async def revert_task(self, task_id: str) -> None:
+        await self._call("Task.revert", {"taskID": task_id})
+
+    async def clear_task(self, task_id: str) -> None:
+        await self._call("Task.clear", {"taskID": task_id})
+
+    # -- SPM ------------------------------------------------------------------------------------
+
+    async def spm_status(self, pool: str) -> tuple[str, int, int]:
+        method = "StoragePool.getSpmStatus"
+        raw = _expect(dict, await self._call(method, {"storagepoolID": pool}), method, self.name)
+        try:
+            return str(raw["spmStatus"]), int(raw["spmId"]), int(raw["spmLver"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise BadReply(-32603, f"malformed SPM status: {e}", method, self.name) from None
+
+    async def spm_start(self, pool: str, prev_id: int, prev_lver: int) -> str:
+        params = {
+            "storagepoolID": pool,
+            "prevID": prev_id,
+            "prevLver": str(prev_lver),
+            "enableScsiFencing": "false",
+        }
+        return self._task_id(
+            "StoragePool.spmStart", await self._call("StoragePool.spmStart", params)
+        )
+
+    def _task_id(self, method: str, value: Any) -> str:
+        return str(_expect(str, value, method, self.name))
+
+    # -- storage (task-creating verbs return VDSM's task id) ------------------------------------
+
+    async def create_volume(
+        self,
+        pool: str,
+        domain: str,
+        image: str,
+        volume: str,
+        size: int,
+        *,
+        fmt: str = "COW",
+        prealloc: str = "SPARSE",
+        disk_type: str = "DATA",
+        desc: str = "",
+    ) -> str:
+        params = {
+            "volumeID": volume,
+            "storagepoolID": pool,
+            "storagedomainID": domain,
+            "imageID": image,
+            "size": str(size),
+            "volFormat": fmt,
+            "preallocate": prealloc,
+            "diskType": disk_type,
+            "desc": desc,
+            "srcImgUUID": BLANK_UUID,
+            "srcVolUUID": BLANK_UUID,
+        }
+        return self._task_id("Volume.create", await self._call("Volume.create", params))
+
+    async def delete_image(self, pool: str, domain: str, image: str) -> str:
+        params = {
+            "imageID": image,
+            "storagepoolID": pool,
+            "storagedomainID": domain,
+            "postZero": False,
+            "force": False,
+        }
+        return self._task_id("Image.delete", await self._call("Image.delete", params))
+
+    async def move_image(
+        self, pool: str, domain: str, image: str, dst_domain: str, *, operation: str = "COPY"
+    ) -> str:
+        params = {
+            "imageID": image,
+            "storagepoolID": pool,
+            "storagedomainID": domain,
+            "dstSdUUID": dst_domain,
+            "operation": operation,
+            "postZero": False,
+            "force": False,
+        }
+        return self._task_id("Image.move", await self._call("Image.move", params))
+
+    async def domain_volumes(self, pool: str, domain: str, image: str = BLANK_UUID) -> list[str]:
+        method = "StorageDomain.getVolumes"
+        raw = await self._call(
+            method, {"storagedomainID": domain, "storagepoolID": pool, "imageID": image}
+        )
+        return [str(v) for v in _expect(list, raw, method, self.name)]
+
+    # -- VMs ------------------------------------------------------------------------------------
+
+    async def create_vm(
+        self, vm: str, name: str, memory_mb: int, drives: list[dict[str, Any]]
+    ) -> None:
+        params = {
+            "vmId": vm,
+            "vmName": name,
+            "memSize": memory_mb,
+            "drives": [
+                {
+                    "poolID": d["pool"],
+                    "domainID": d["domain"],
+                    "imageID": d["image"],
+                    "volumeID": d["volume"],
+                }
+                for d in drives
+            ],
+        }
+        await self._call("VM.create", {"vmID": vm, "vmParams": params})
+
+    async def destroy_vm(self, vm: str) -> None:
+        await self._call("VM.destroy", {"vmID": vm})
+
+    async def migrate_vm(self, vm: str, dst: str) -> None:
+        await self._call("VM.migrate", {"vmID": vm, "params": {"dst": dst, "method": "online"}})
+
+    async def migrate_cancel(self, vm: str) -> None:
+        await self._call("VM.migrateCancel", {"vmID": vm})
+
+    async def migration_status(self, vm: str) -> dict[str, Any]:
+        method = "VM.getMigrationStatus"
+        return dict(_expect(dict, await self._call(method, {"vmID": vm}), method, self.name))

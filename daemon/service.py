@@ -103,7 +103,7 @@ class Daemon:
             return
         for vm_id, info in params.items():
             if isinstance(info, dict) and "status" in info:
-                self.executor.vms.report(host, vm_id, str(info["status"]), **info)
+                self.executor.vms.report(host, vm_id, str(info["status"]), info)
 
     def _unknown_tasks(self, pool: str, host: str, ids: list[str]) -> None:
         task = asyncio.create_task(self.reaper.on_unknown_tasks(pool, host, ids))

@@ -63,6 +63,9 @@ class Simulator:
         except BaseException:
             await self.cluster.close()
             raise
+        for name, port in server.host_ports.items():
+            # "address:port" names the host, so a migration's `dst` finds it as on real VDSM
+            self.cluster.aliases[f"{cfg.address}:{port}"] = name
         return self
 
     async def stop(self) -> None:

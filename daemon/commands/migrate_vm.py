@@ -24,7 +24,7 @@ async def locate_vm(cmd: CommandBase, vm_id: str) -> str | None:
         if state.status == "Up":
             return name
     for host in cmd.registry.hosts.values():
-        if host.status is not HostStatus.UP:
+        if host.status not in (HostStatus.UP, HostStatus.PREPARING_FOR_MAINTENANCE):
             continue
         with contextlib.suppress(VdsmCallError):
             for vm in await cmd.vdsm(host.name).vm_list():

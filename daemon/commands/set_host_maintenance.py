@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from daemon.commands.migrate_vm import locate_vm
 from daemon.engine.command import CommandBase, CommandFailed
 from daemon.engine.policy import ActionSpec, CancelPolicy, Param
 from daemon.errors import Conflict, NotFound
@@ -43,8 +42,13 @@ class SetHostMaintenance(CommandBase):
             self.job, StepType.MAINTENANCE, f"Moving VMs off {name}", host=name
         )
         await self.remember(step=step.id)
-        vms = [vm.get("vmId") for vm in await self.vdsm(name).vm_list()]
-        vm_ids = [v for v in vms if isinstance(v, str) and await locate_vm(self, v) == name]
+        vm_ids = [
+            vm["vmId"]
+            for vm in await self.vdsm(name).vm_list()
+            if isinstance(vm.get("vmId"), str) and vm.get("status") == "Up"
+        ]
+        for vm_id in vm_ids:
+            self.ctx.executor.vms.report(name, vm_id, "Up")
         targets = [
             h.name
             for h in self.registry.hosts.values()

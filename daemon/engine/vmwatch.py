@@ -30,7 +30,10 @@ class VmWatch:
         self.copies: dict[str, dict[str, VmState]] = {}  # vm id -> host -> state
         self._waiters: dict[str, list[tuple[Predicate, asyncio.Future[None]]]] = {}
 
-    def report(self, host: str, vm_id: str, status: str, **extra: Any) -> None:
+    def report(
+        self, host: str, vm_id: str, status: str, extra: dict[str, Any] | None = None
+    ) -> None:
+        extra = extra or {}
         copies = self.copies.setdefault(vm_id, {})
         if status == "gone":
             copies.pop(host, None)
@@ -45,7 +48,7 @@ class VmWatch:
             vm_id = vm.get("vmId")
             if isinstance(vm_id, str):
                 seen.add(vm_id)
-                self.report(host, vm_id, str(vm.get("status", "")), **vm)
+                self.report(host, vm_id, str(vm.get("status", "")), vm)
         for vm_id, copies in list(self.copies.items()):
             if host in copies and vm_id not in seen:
                 copies.pop(host)

@@ -180,7 +180,10 @@ class StompRpcClient:
                 raw = item.get("params")
                 params: dict[str, Any] = raw if isinstance(raw, dict) else {}
                 for listener in list(self._listeners):
-                    listener(str(item["method"]), params)
+                    try:
+                        listener(str(item["method"]), params)
+                    except Exception:  # a broken listener must not take the connection down
+                        log.exception("host %s: event listener failed", self.label)
                 continue
             future = self._pending.get(str(item.get("id")))
             if future is not None and not future.done():

@@ -76,6 +76,7 @@ async def running_stack(
     hosts: int = 3,
     db: Path | None = None,
     sim: Simulator | None = None,
+    api: bool = False,
     **sim_options: Any,
 ) -> AsyncIterator[Stack]:
     own_sim = sim is None
@@ -96,8 +97,9 @@ async def running_stack(
         for name, port in sorted(sim.host_ports.items())
     ]
     db = db or tmp_path / "taskmgrd.db"
-    daemon = Daemon(daemon_config(db, entries))
-    await daemon.start(api=False)
+    config = daemon_config(db, entries).with_overrides(socket=tmp_path / "api.sock")
+    daemon = Daemon(config)
+    await daemon.start(api=api)
     try:
         yield Stack(sim, daemon, db, pool.uuid, list(pool.domains))
     finally:

@@ -1,0 +1,65 @@
+"""The API over its unix socket with the real daemon behind it, driving the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.daemon.stack import running_stack
+
+API = "http://taskmgrd/api/v1"
+
+
+async def test_submit_and_follow_a_disk_job_over_the_socket(tmp_path: Path) -> None:
+    async with running_stack(tmp_path, api=True) as s:
+        conn = aiohttp.UnixConnector(path=str(tmp_path / "api.sock"))
+        async with aiohttp.ClientSession(connector=conn) as http:
+            hosts = await (await http.get(f"{API}/hosts")).json()
+            assert {h["name"] for h in hosts["hosts"]} == {"host1", "host2", "host3"}
+            assert all(h["status"] == "UP" for h in hosts["hosts"])
+            body = {
+                "action": "CreateDisk",
+                "correlation_id": "api-e2e",
+                "params": {"pool": s.pool, "domain": s.domains[0], "size": 1 << 20},
+            }
+            resp = await http.post(f"{API}/jobs", json=body)
+            assert resp.status == 201, await resp.text()
+            job: dict[str, Any] = await resp.json()
+            assert job["owner"] == os.getuid()
+            async with asyncio.timeout(20):
+                while job["status"] not in ("FINISHED", "FAILED", "ABORTED"):
+                    await s.daemon.registry.wait_changed(job["id"])
+                    job = await (await http.get(f"{API}/jobs/{job['id']}")).json()
+            assert job["status"] == "FINISHED", job["error"]
+            assert job["result"]["volume"] in s.volumes()
+            assert [t["status"] for t in job["tasks"]] == ["CLEARED"]
+            listed = await (await http.get(f"{API}/jobs?correlation_id=api-e2e")).json()
+            assert [j["id"] for j in listed["jobs"]] == [job["id"]]
+
+            bad = await http.post(
+                f"{API}/jobs",
+                json={
+                    "action": "CreateDisk",
+                    "params": {"pool": s.pool, "domain": s.domains[0], "size": -1},
+                },
+            )
+            assert bad.status == 400
+            assert "size" in (await bad.json())["error"]["message"]
+            unknown_vm = await http.post(
+                f"{API}/jobs",
+                json={
+                    "action": "MigrateVm",
+                    "params": {"vm": str(uuid.uuid4()), "dst_host": "host2"},
+                },
+            )
+            assert unknown_vm.status == 201  # accepted: the job itself fails in validation
+            failed = await unknown_vm.json()
+            async with asyncio.timeout(20):
+                while s.daemon.registry.jobs[failed["id"]].status.value == "STARTED":
+                    await s.daemon.registry.wait_changed(failed["id"])
+            assert "not running on any UP host" in s.daemon.registry.jobs[failed["id"]].error

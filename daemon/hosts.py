@@ -15,7 +15,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -426,5 +426,3 @@ class HostManager:
             await vdsm.client.close()
         self._vdsm.clear()
 
-
-Callback = Callable[..., Awaitable[None] | None]

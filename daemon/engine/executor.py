@@ -16,14 +16,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from daemon import model
 from daemon.engine.command import CommandBase, CommandContext, CommandFailed
 from daemon.engine.policy import ActionSpec
 from daemon.engine.vmwatch import VmWatch
-from daemon.errors import DaemonError, InvalidParams, Locked, NotFound, UnknownAction
+from daemon.errors import DaemonError, InvalidParams, NotFound, UnknownAction
 from daemon.model import (
     Command,
     CommandStatus,
@@ -448,9 +447,3 @@ def _message(e: BaseException) -> str:
         return e.message if isinstance(e, DaemonError) else str(e)
     return str(e)
 
-
-def lock_error(e: LockConflict) -> Locked:
-    return Locked(str(e))
-
-
-Hook = Callable[..., None]

@@ -1,7 +1,7 @@
 """CreateVm: internal child commands (scenario 3) — a CreateDisk per disk, then VM.create.
 
 The children are hidden as steps (their VDSM tasks still show under the job's EXECUTING step).
-On failure the disks the children did create are deleted again, newest first.
+On failure the disks the children did create are rolled back with Task.revert, newest first.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from daemon.model import HostStatus, LockKind, new_id
 
 
 class CreateVm(CommandBase):
+    revert_on_failure = True  # a half-made VM's disks are rolled back with Task.revert
+
     spec = ActionSpec(
         "CreateVm",
         "Create a VM with new disks and start it on a host",
@@ -83,14 +85,7 @@ class CreateVm(CommandBase):
         return {"vm": self.data("vm"), "host": self.params["host"], "disks": self.data("disks")}
 
     async def end_with_failure(self) -> None:
+        """Destroy the VM if it was created, then revert the disks' createVolume tasks."""
         if self.data("vm_created"):
             await self.vdsm(self.params["host"]).destroy_vm(self.data("vm"))
-        for i, disk in enumerate(reversed(self.data("disks") or [])):
-            ok, error, _ = await self.ctx.executor.run_child(
-                self,
-                "DeleteDisk",
-                {"pool": disk["pool"], "domain": disk["domain"], "image": disk["image"]},
-                sequence=1000 + i,
-            )
-            if not ok:
-                raise CommandFailed(f"could not delete disk {disk['image']}: {error}")
+        await self.revert_tasks()

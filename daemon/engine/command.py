@@ -110,8 +110,17 @@ class CommandBase:
         self.record.data.update(values)
         await self.registry.save_command(self.record)
 
-    def tasks(self) -> list[Task]:
-        return [t for t in self.registry.job_tasks(self.job.id) if t.command_id == self.record.id]
+    def tasks(self, *, descendants: bool = False) -> list[Task]:
+        """This command's tasks; with `descendants`, also those of its child commands."""
+        owners = {self.record.id}
+        if descendants:
+            commands = self.registry.commands.get(self.job.id, {}).values()
+            grew = True
+            while grew:
+                found = {c.id for c in commands if c.parent_id in owners}
+                grew = not found <= owners
+                owners |= found
+        return [t for t in self.registry.job_tasks(self.job.id) if t.command_id in owners]
 
     async def start_task(
         self,
@@ -182,16 +191,28 @@ class CommandBase:
             )
 
     async def revert_tasks(self) -> None:
-        """Task.revert on every task that succeeded, newest first, and wait for the rollbacks."""
-        for task in sorted(self.tasks(), key=lambda t: t.created_at, reverse=True):
+        """Task.revert on every task that succeeded (children's too), newest first, and wait for
+        the rollbacks — the engine's revertTasks."""
+        for task in sorted(self.tasks(descendants=True), key=lambda t: t.created_at, reverse=True):
             if task_succeeded(task) and task.vdsm_id and not task.revert_sent:
                 await self.vdsm(task.host).revert_task(task.vdsm_id)
                 self.registry.set_task_status(
                     task, TaskStatus.POLLING, revert_sent=True, vdsm_result=""
                 )
                 self.ctx.hosts.watch(task.pool)
-        while any(t.status is TaskStatus.POLLING for t in self.tasks()):
+        while any(t.status is TaskStatus.POLLING for t in self.tasks(descendants=True)):
             await self.registry.wait_changed(self.job.id)
+        failed = [
+            t
+            for t in self.tasks(descendants=True)
+            if t.revert_sent and t.vdsm_result != "cleanSuccess"
+        ]
+        if failed:
+            t = failed[0]
+            raise CommandFailed(
+                f"revert of task {t.vdsm_id} on {t.host} ended "
+                f"{t.vdsm_result or t.status}: [{t.code}] {t.message}"
+            )
 
 
 def task_succeeded(task: Task) -> bool:

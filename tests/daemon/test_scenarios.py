@@ -157,3 +157,21 @@ async def test_batch_is_validated_first_and_runs_one_job_each(tmp_path: Path) ->
         ended = [await s.wait_job(j) for j in jobs]
         assert [j.status for j in ended] == [JobStatus.FINISHED] * 3
         assert s.daemon.registry.by_correlation["batch-1"] == {j.id for j in jobs}
+
+
+async def test_create_vm_failure_reverts_the_children_disks(tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as s:
+        s.sim.cluster.hosts["host2"].faults.settings.update(
+            {"error_code": 100, "error_message": "no memory", "error_methods": ["VM.create"]}
+        )
+        before = s.volumes()
+        disks = [{"pool": s.pool, "domain": s.domains[0], "size": 4096} for _ in range(2)]
+        job = await s.wait_job(await s.submit("CreateVm", {"name": "vm2", "host": "host2",
+                                                           "disks": disks}))
+        assert job.status is JobStatus.FAILED
+        assert "no memory" in job.error
+        assert s.volumes() == before  # both createVolume tasks were reverted
+        tasks = s.daemon.registry.job_tasks(job.id)
+        assert len(tasks) == 2
+        assert all(t.revert_sent and t.status is TaskStatus.CLEARED for t in tasks)
+        assert all(table == [] for table in s.sim_tasks().values())

@@ -21,6 +21,7 @@ from typing import Any
 from daemon import model
 from daemon.commands import ACTIONS
 from daemon.config import Config, ConfigError, load_config
+from daemon.engine.cancel import CancelCoordinator
 from daemon.engine.executor import Executor
 from daemon.engine.reaper import Reaper
 from daemon.events import EventHub
@@ -44,6 +45,7 @@ class Daemon:
         self.hosts = HostManager(self.registry, settings=config.host_settings())
         self.executor = Executor(self.registry, self.hosts, dict(ACTIONS))
         self.reaper = Reaper(self.registry, self.hosts)
+        self.cancels = CancelCoordinator(self.registry, self.hosts, self.executor)
         self._api: Any = None
         self._background: list[asyncio.Task[None]] = []
 
@@ -64,7 +66,7 @@ class Daemon:
                     transport=entry.transport,
                     tls=entry.tls,
                 )
-        resumed = await self.executor.recover()
+        resumed = await self.executor.recover() + await self.cancels.recover()
         if resumed:
             log.info("resumed %d jobs after restart", len(resumed))
         self._background.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
@@ -91,6 +93,7 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._background.clear()
+        await self.cancels.close()
         await self.executor.close()
         await self.hosts.close()
         await self.store.close()

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from daemon import model
 from daemon.api.auth import peer_middleware, require_peer
+from daemon.engine.cancel import CancelCoordinator
 from daemon.engine.policy import ActionSpec
 from daemon.errors import BadRequest, Conflict, DaemonError, InvalidParams, NotFound, TooLarge
 from daemon.errors import UnknownAction as UnknownActionError
@@ -94,6 +95,8 @@ class DaemonLike(Protocol):
     def settings(self) -> SettingsLike: ...
     @property
     def started_at(self) -> float: ...  # time.time() at start, for the uptime
+    @property
+    def cancels(self) -> CancelCoordinator: ...
 
 
 DAEMON_KEY = web.AppKey("daemon", DaemonLike)
@@ -479,4 +482,7 @@ def build_app(daemon: DaemonLike) -> web.Application:
     app.router.add_post(f"{API}/jobs", submit)
     app.router.add_get(f"{API}/jobs", list_jobs)
     app.router.add_get(f"{API}/jobs/{{id}}", show_job)
+    from daemon.api.cancel_routes import add_cancel_routes  # it imports this module
+
+    add_cancel_routes(app)
     return app

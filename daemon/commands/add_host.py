@@ -52,6 +52,13 @@ class AddHost(CommandBase):
     async def end_action(self) -> dict[str, Any]:
         return {"host": self.params["name"], "status": "UP"}
 
+    async def compensate(self) -> list[str]:
+        """Revert: the host is unregistered again."""
+        if self.data("registered") and self.params["name"] in self.registry.hosts:
+            await self.ctx.hosts.remove_host(self.params["name"])
+            return [f"host {self.params['name']} removed"]
+        return []
+
     async def end_with_failure(self) -> None:
         if self.data("registered") and self.params["name"] in self.registry.hosts:
             await self.ctx.hosts.remove_host(self.params["name"])

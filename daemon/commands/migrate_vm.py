@@ -14,7 +14,7 @@ from typing import Any
 from daemon.engine.command import CommandBase, CommandFailed
 from daemon.engine.policy import ActionSpec, CancelPolicy, Param
 from daemon.errors import Conflict, NotFound
-from daemon.model import HostStatus, LockKind, Step, StepStatus, StepType
+from daemon.model import CancelMode, HostStatus, LockKind, Step, StepStatus, StepType
 from daemon.vdsm.errors import VdsmCallError
 
 
@@ -107,6 +107,35 @@ class MigrateVm(CommandBase):
         if step is not None:
             self.registry.end_step(step, StepStatus.FINISHED)
         return {"vm": vm, "from": src, "to": self.params["dst_host"]}
+
+    async def on_cancel(self, mode: CancelMode) -> list[str]:
+        """VM.migrateCancel on the source, then wait until the VM is Up on one side."""
+        src, vm, dst = self.data("src"), self.params["vm"], self.params["dst_host"]
+        if not src or self.data("step") is None:
+            return []  # never started: nothing to cancel
+        try:
+            await self.vdsm(src).migrate_cancel(vm)
+        except VdsmCallError as e:
+            if e.vdsm_code not in (1, 47):  # gone from the source / no migration in progress
+                raise
+        while True:
+            copies = self.ctx.executor.vms.where(vm)
+            if dst in copies and copies[dst].status == "Up":
+                self._end(StepStatus.FINISHED)
+                return ["migration completed before the cancel (VM on destination)"]
+            stats = await self.vdsm(src).migration_status(vm)
+            code = int(stats.get("status", {}).get("code", 0) or 0)
+            if code:
+                self._end(StepStatus.ABORTED)
+                return [f"VM.migrateCancel on {src}: VM stays on its source"]
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await self.ctx.executor.vms.wait_for(vm, lambda c: dst in c)
+
+    def _end(self, status: StepStatus) -> None:
+        step = self._step()
+        if step is not None and step.status is StepStatus.STARTED:
+            self.registry.end_step(step, status)
 
     async def end_with_failure(self) -> None:
         step = self._step()

@@ -9,7 +9,7 @@ from typing import Any
 from daemon.engine.command import CommandBase, CommandFailed
 from daemon.engine.policy import ActionSpec, CancelPolicy, Param
 from daemon.errors import Conflict, NotFound
-from daemon.model import HostStatus, LockKind, StepStatus, StepType
+from daemon.model import CancelMode, HostStatus, LockKind, StepStatus, StepType
 
 
 class SetHostMaintenance(CommandBase):
@@ -18,8 +18,9 @@ class SetHostMaintenance(CommandBase):
         "Move a host's VMs to other hosts and put it into maintenance",
         {"host": Param("name")},
         CancelPolicy(
-            notes="stop cancels the migrations still running (VMs not yet moved stay); revert "
-            "also activates the host again (VMs already moved stay where they are)",
+            notes="stop cancels the migrations still running (VMs not yet moved stay) and the "
+            "host returns to UP; revert also activates a host that reached maintenance (VMs "
+            "already moved stay where they are)",
         ),
     )
 
@@ -81,6 +82,25 @@ class SetHostMaintenance(CommandBase):
             host.status = HostStatus.UP
             self.registry.update_host(host)
         self._end_step(StepStatus.FAILED)
+
+    async def on_cancel(self, mode: CancelMode) -> list[str]:
+        """Children's migrations are cancelled by the coordinator; the host comes back UP."""
+        host = self.registry.hosts.get(self.params["host"])
+        if host is None or host.status is not HostStatus.PREPARING_FOR_MAINTENANCE:
+            return []
+        host.status = HostStatus.UP
+        self.registry.update_host(host)
+        self._end_step(StepStatus.ABORTED)
+        return [f"host {host.name} back to UP"]
+
+    async def compensate(self) -> list[str]:
+        """A completed maintenance is undone by activating the host again."""
+        host = self.registry.hosts.get(self.params["host"])
+        if host is None or host.status is not HostStatus.MAINTENANCE:
+            return []
+        host.status = HostStatus.UP
+        self.registry.update_host(host)
+        return [f"host {host.name} activated again"]
 
     def _end_step(self, status: StepStatus) -> None:
         step = self.registry.steps.get(self.job.id, {}).get(self.data("step", ""))

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from daemon.engine.policy import ActionSpec
 from daemon.model import (
+    CancelMode,
     Command,
     Job,
     LockKind,
@@ -88,6 +89,17 @@ class CommandBase:
         """Undo what a failure left behind; by default revert the tasks that succeeded."""
         if self.revert_on_failure:
             await self.revert_tasks()
+
+    async def on_cancel(self, mode: CancelMode) -> list[str]:
+        """Stop this command's own in-flight work that is not a VDSM task (VM.migrateCancel,
+        an installation); returns what it did, for the cancel record. Tasks are stopped by the
+        coordinator."""
+        return []
+
+    async def compensate(self) -> list[str]:
+        """Under revert: undo what this command completed that is not a task (tasks are
+        reverted by the coordinator). Must be idempotent: a restart may run it again."""
+        return []
 
     # -- helpers for commands ---------------------------------------------------------------------
 

@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 CommandClass = type[CommandBase]
 
 
+class CancelRequested(Exception):
+    """Raised at the point of no return when a cancel was committed first."""
+
+
 class Executor:
     def __init__(
         self,
@@ -59,6 +63,7 @@ class Executor:
         self.settle_retry = settle_retry
         self.vms = VmWatch()
         self._running: dict[str, asyncio.Task[None]] = {}
+        self.committing: set[str] = set()  # jobs whose root command is in its end phase
         self._closing = False
 
     # -- submission --------------------------------------------------------------------------
@@ -115,7 +120,7 @@ class Executor:
             for name, clean in checked
         ]
         for job in jobs:
-            self._start(job)
+            self.start_job(job)
         return jobs
 
     async def _create(
@@ -150,10 +155,10 @@ class Executor:
         self.registry.add_command(root)
         await self.registry.create_job(job)  # the command commits in the same batch
         if start:
-            self._start(job)
+            self.start_job(job)
         return job
 
-    def _start(self, job: Job) -> None:
+    def start_job(self, job: Job) -> None:
         task = asyncio.create_task(self._run_job(job), name=f"job-{job.id}")
         self._running[job.id] = task
         task.add_done_callback(lambda _: self._running.pop(job.id, None))
@@ -169,12 +174,12 @@ class Executor:
                 return cmd
         raise NotFound(f"job {job.id} has no root command")
 
-    def _context(self, job: Job) -> CommandContext:
+    def context(self, job: Job) -> CommandContext:
         return CommandContext(self.registry, self.hosts, self, job)
 
     async def _run_job(self, job: Job) -> None:
         root = self.root_of(job)
-        ctx = self._context(job)
+        ctx = self.context(job)
         log.info(
             "job %s [%s] %s: running (phase %s)",
             job.id,
@@ -185,7 +190,9 @@ class Executor:
         try:
             ok, error, result = await self.run_command(ctx, root, top=True)
         except asyncio.CancelledError:
-            raise  # the cancel coordinator owns the rest
+            raise  # the cancel coordinator (or shutdown) owns the rest
+        except CancelRequested:
+            return  # a cancel was committed before end: the coordinator carries it out
         except Exception as e:  # a bug: the job must still end, with the reason
             log.exception("job %s [%s]: unexpected error", job.id, job.correlation_id)
             ok, error, result = False, f"internal error: {e}", None
@@ -195,6 +202,7 @@ class Executor:
         if job.status in model.JOB_TERMINAL:
             return
         status = JobStatus.FINISHED if ok else JobStatus.FAILED
+        self.committing.discard(job.id)
         await self.registry.set_job_status(job, status, error=error, result=result)
         log.info("job %s [%s] %s: %s %s", job.id, job.correlation_id, job.action, status, error)
 
@@ -258,6 +266,13 @@ class Executor:
             phase = "end"
 
         result: dict[str, Any] | None = None
+        if phase == "end" and top:
+            # The point of no return: once in `committing`, a cancel comes too late. The check
+            # and the mark happen with no await between them, so a cancel either sees the mark
+            # or its committed intent is seen here.
+            if job.status is JobStatus.CANCELLING and job.id not in self.committing:
+                raise CancelRequested(job.id)
+            self.committing.add(job.id)
         if phase == "end":
             step = self.registry.add_step(job, StepType.FINALIZING, "Finalizing") if show else None
             try:
@@ -390,8 +405,8 @@ class Executor:
         """Resume every job that was not terminal when the daemon stopped."""
         resumed = []
         for job in list(self.registry.jobs.values()):
-            if job.status in model.JOB_TERMINAL:
-                continue
+            if job.status in model.JOB_TERMINAL or job.status is JobStatus.CANCELLING:
+                continue  # cancelling jobs are the cancel coordinator's to resume
             root = self.root_of(job)
             phase = root.data.get("phase", "validate")
             log.info(
@@ -411,7 +426,7 @@ class Executor:
                     if cmd.status is CommandStatus.ACTIVE:
                         self.registry.set_command_status(cmd, CommandStatus.EXECUTION_FAILED)
                 await self._phase(root, "end", error="execution interrupted by a daemon restart")
-            self._start(job)
+            self.start_job(job)
             resumed.append(job.id)
         return resumed
 
@@ -446,4 +461,3 @@ def _message(e: BaseException) -> str:
     if isinstance(e, DaemonError | VdsmCallError):
         return e.message if isinstance(e, DaemonError) else str(e)
     return str(e)
-

@@ -1,0 +1,388 @@
+"""The cancel coordinator: a committed intent, then coroutine cancellation, then shielded cleanup.
+
+Order of a cancel (DESIGN.md "Cancellation", rules 1-6):
+1. `decide` (cancel_rules.py) accepts or refuses; an accepted intent is written and committed
+   (job CANCELLING) before any verb is sent. The API answers after that commit.
+2. If the job's root command already entered its end phase (the commit), the cancel came too
+   late: the job completes and its record says so. Otherwise the job's asyncio Task is cancelled;
+   a task-creating verb in flight still has its task id recorded (command.py).
+3. The cleanup runs shielded, as its own Task, persisting each step: command-specific cancel verbs
+   (VM.migrateCancel), Task.stop for running tasks, then under revert Task.revert newest first and
+   each completed command's compensation, then Task.clear for everything. A host that does not
+   answer is retried with backoff until the cancel deadline (job FAILED, tasks orphaned); `force`
+   ends the job at once and orphans what is left for the reaper.
+4. On restart, CANCELLING jobs are picked up again here and carried to the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from daemon import model
+from daemon.engine.cancel_rules import CancelDecision, decide
+from daemon.engine.command import CommandBase, task_succeeded
+from daemon.errors import DaemonError, NotFound
+from daemon.model import (
+    CancelMode,
+    CancelRecord,
+    CommandStatus,
+    Job,
+    JobStatus,
+    StepStatus,
+    TaskStatus,
+)
+from daemon.registry import Registry
+from daemon.vdsm.errors import UnknownTask, VdsmCallError
+
+if TYPE_CHECKING:
+    from daemon.engine.executor import Executor
+    from daemon.hosts import HostManager
+
+log = logging.getLogger(__name__)
+
+
+class CancelRefused(DaemonError):
+    """A refused cancel; carries the decision's HTTP status and code."""
+
+    def __init__(self, decision: CancelDecision) -> None:
+        super().__init__(decision.reason)
+        self.status = decision.status  # type: ignore[misc]
+        self.code = decision.code  # type: ignore[misc]
+
+
+class CancelCoordinator:
+    def __init__(
+        self,
+        registry: Registry,
+        hosts: HostManager,
+        executor: Executor,
+        *,
+        deadline: float = 300.0,
+        retry: float = 0.5,
+    ) -> None:
+        self.registry = registry
+        self.hosts = hosts
+        self.executor = executor
+        self.deadline = deadline  # seconds a cancel may wait for unreachable hosts
+        self.retry = retry
+        self._runners: dict[str, asyncio.Task[None]] = {}
+
+    # -- requests ----------------------------------------------------------------------------
+
+    async def cancel(
+        self,
+        job_id: str,
+        *,
+        mode: CancelMode | None = None,
+        reason: str = "",
+        force: bool = False,
+        requester: int = 0,
+        privileged: bool = False,
+    ) -> CancelDecision:
+        job = self.registry.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        root = self.executor.root_of(job)
+        spec = self.executor.actions[job.action].spec
+        decision = decide(
+            action=job.action,
+            status=job.status,
+            phase=str(root.data.get("phase", "validate")),
+            policy=spec.policy,
+            mode=mode,
+            force=force,
+            privileged=privileged,
+            existing=job.cancel,
+        )
+        if not decision.accept:
+            if decision.status >= 400:
+                raise CancelRefused(decision)
+            return decision
+        assert decision.mode is not None
+        if job.cancel is None:
+            record = CancelRecord(decision.mode, requester, model.now(), reason, decision.force)
+        else:
+            record = job.cancel
+            record.actions.append(
+                {
+                    "action": "escalated",
+                    "from": record.mode.value,
+                    "to": decision.mode.value,
+                    "force": decision.force,
+                    "by": requester,
+                    "at": model.now(),
+                }
+            )
+            record.mode, record.force = decision.mode, decision.force
+        await self.registry.record_cancel(job, record)  # rule 1: committed before any verb
+        log.info(
+            "job %s [%s]: cancel %s%s by uid %d: %s",
+            job.id,
+            job.correlation_id,
+            record.mode.value,
+            " (force)" if record.force else "",
+            requester,
+            reason,
+        )
+        self._launch(job)
+        return decision
+
+    async def cancel_correlated(self, correlation_id: str, **kw: Any) -> list[tuple[str, Any]]:
+        """Cancel every job of a batch; each answer is a decision or the refusal's message."""
+        outcomes: list[tuple[str, Any]] = []
+        for job_id in sorted(self.registry.by_correlation.get(correlation_id, ())):
+            try:
+                outcomes.append((job_id, await self.cancel(job_id, **kw)))
+            except DaemonError as e:
+                outcomes.append((job_id, e))
+        if not outcomes:
+            raise NotFound(f"no job with correlation id {correlation_id!r}")
+        return outcomes
+
+    def _launch(self, job: Job) -> None:
+        runner = self._runners.get(job.id)
+        if runner is not None and not runner.done():
+            if job.cancel is not None and job.cancel.force:
+                runner.cancel()  # force does not wait for the slow path
+            else:
+                return
+        self._runners[job.id] = asyncio.create_task(self._carry_out(job), name=f"cancel-{job.id}")
+
+    async def recover(self) -> list[str]:
+        """Restart: carry every committed cancel to its end (nothing is re-decided)."""
+        resumed = []
+        for job in list(self.registry.jobs.values()):
+            if job.status is JobStatus.CANCELLING and job.cancel is not None:
+                if job.cancel.outcome == "too_late":
+                    self.executor.start_job(job)  # the commit resumes as any job would
+                else:
+                    self._launch(job)
+                resumed.append(job.id)
+        return resumed
+
+    async def close(self) -> None:
+        runners = list(self._runners.values())
+        for runner in runners:
+            runner.cancel()
+        for runner in runners:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await runner
+
+    async def wait(self, job_id: str) -> None:
+        runner = self._runners.get(job_id)
+        if runner is not None:
+            await asyncio.shield(runner)
+
+    # -- carrying a cancel out -------------------------------------------------------------------
+
+    async def _carry_out(self, job: Job) -> None:
+        cancel = job.cancel
+        assert cancel is not None
+        running = self.executor.running_task(job.id)
+        if job.id in self.executor.committing:
+            cancel.outcome, cancel.late = "too_late", True
+            cancel.actions.append({"action": "too_late", "phase": "end", "at": model.now()})
+            await self.registry.touch_job(job)
+            return  # the job completes on its own and ends FINISHED or FAILED
+        if running is not None and not running.done():
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+        for pool in {t.pool for t in self.registry.job_tasks(job.id)}:
+            self.hosts.boost(pool)
+        cleanup = asyncio.ensure_future(self._cleanup(job))
+        try:
+            await asyncio.shield(cleanup)  # cleanup that awaits is shielded (prior-art §5)
+        except asyncio.CancelledError:
+            if cancel.force and not cleanup.done():
+                cleanup.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await cleanup
+                await self._finish(job, JobStatus.ABORTED, "forced", orphan=True)
+                return
+            raise
+
+    async def _cleanup(self, job: Job) -> None:
+        cancel = job.cancel
+        assert cancel is not None
+        give_up = cancel.requested_at + self.deadline
+        try:
+            if cancel.force:
+                # one attempt each, no waiting: what does not answer is orphaned for the reaper
+                with contextlib.suppress(_Unreachable, VdsmCallError, DaemonError):
+                    await self._stop_everything(job, give_up=time.time())
+                await self._finish(job, JobStatus.ABORTED, "forced", orphan=True)
+                return
+            await self._stop_everything(job, give_up=give_up)
+            if cancel.mode is CancelMode.REVERT:
+                await self._revert(job, give_up)
+            await self._clear(job, give_up)
+        except _Unreachable as e:
+            await self._finish(job, JobStatus.FAILED, "failed", orphan=True, error=str(e))
+            return
+        except (VdsmCallError, DaemonError) as e:
+            await self._finish(
+                job,
+                JobStatus.FAILED,
+                "failed",
+                orphan=True,
+                error=f"cancel could not complete: {e}",
+            )
+            return
+        outcome = "reverted" if cancel.mode is CancelMode.REVERT else "stopped"
+        await self._finish(job, JobStatus.ABORTED, outcome)
+
+    def _commands(self, job: Job) -> list[CommandBase]:
+        """Command objects of the job, deepest first (children end before their parent)."""
+        records = list(self.registry.commands.get(job.id, {}).values())
+        by_id = {r.id: r for r in records}
+
+        def depth(r: model.Command) -> int:
+            d = 0
+            while r.parent_id is not None and r.parent_id in by_id:
+                r, d = by_id[r.parent_id], d + 1
+            return d
+
+        ctx = self.executor.context(job)
+        ordered = sorted(records, key=lambda r: (-depth(r), -r.sequence, -r.created_at))
+        return [self.executor.actions[r.action](ctx, r) for r in ordered]
+
+    async def _stop_everything(self, job: Job, *, give_up: float) -> None:
+        cancel = job.cancel
+        assert cancel is not None
+        for command in self._commands(job):
+            if command.record.status in model.COMMAND_TERMINAL:
+                continue
+            done = await self._retrying(give_up, lambda c=command: c.on_cancel(cancel.mode))
+            for what in done:
+                cancel.actions.append(
+                    {"action": what, "command": command.record.id, "at": model.now()}
+                )
+        for task in self.registry.job_tasks(job.id):
+            if task.status is TaskStatus.SUBMITTING:
+                self.registry.set_task_status(
+                    task, TaskStatus.LOST, message="verb outcome unknown; reaped if it exists"
+                )
+            elif task.status is TaskStatus.POLLING and not task.stop_sent and task.vdsm_id:
+                vdsm_id, host = task.vdsm_id, task.host
+                await self._retrying(give_up, lambda h=host, v=vdsm_id: self._stop(h, v))
+                self.registry.set_task_status(task, TaskStatus.POLLING, stop_sent=True)
+                cancel.actions.append(
+                    {"action": "stopped", "task": vdsm_id, "host": host, "at": model.now()}
+                )
+                self.hosts.watch(task.pool)
+        await self.registry.touch_job(job)
+        await self._wait_tasks(job, give_up)
+        if any(task_succeeded(t) and not t.revert_sent for t in self.registry.job_tasks(job.id)):
+            cancel.late = True  # some work completed before the stop arrived
+
+    async def _stop(self, host: str, vdsm_id: str) -> None:
+        with contextlib.suppress(UnknownTask):
+            await self.hosts.vdsm(host).stop_task(vdsm_id)
+
+    async def _revert(self, job: Job, give_up: float) -> None:
+        cancel = job.cancel
+        assert cancel is not None
+        tasks = sorted(self.registry.job_tasks(job.id), key=lambda t: t.created_at, reverse=True)
+        for task in tasks:
+            if task_succeeded(task) and not task.revert_sent and task.vdsm_id:
+                vdsm_id, host = task.vdsm_id, task.host
+                await self._retrying(
+                    give_up, lambda h=host, v=vdsm_id: self.hosts.vdsm(h).revert_task(v)
+                )
+                self.registry.set_task_status(
+                    task, TaskStatus.POLLING, revert_sent=True, vdsm_result=""
+                )
+                cancel.actions.append(
+                    {"action": "reverted", "task": vdsm_id, "host": host, "at": model.now()}
+                )
+                self.hosts.watch(task.pool)
+                await self._wait_tasks(job, give_up)
+        for command in self._commands(job):
+            done = await self._retrying(give_up, command.compensate)
+            for what in done:
+                cancel.actions.append(
+                    {"action": what, "command": command.record.id, "at": model.now()}
+                )
+        await self.registry.touch_job(job)
+
+    async def _clear(self, job: Job, give_up: float) -> None:
+        cancel = job.cancel
+        assert cancel is not None
+        for task in self.registry.job_tasks(job.id):
+            if task.status in (TaskStatus.ENDED, TaskStatus.CLEARING) and task.vdsm_id:
+                if task.status is TaskStatus.ENDED:
+                    self.registry.set_task_status(task, TaskStatus.CLEARING)
+                vdsm_id, host = task.vdsm_id, task.host
+
+                async def clear(h: str = host, v: str = vdsm_id) -> None:
+                    with contextlib.suppress(UnknownTask):
+                        await self.hosts.vdsm(h).clear_task(v)
+
+                await self._retrying(give_up, clear)
+                self.registry.set_task_status(task, TaskStatus.CLEARED)
+                cancel.actions.append(
+                    {"action": "cleared", "task": vdsm_id, "host": host, "at": model.now()}
+                )
+
+    async def _wait_tasks(self, job: Job, give_up: float) -> None:
+        while any(t.status is TaskStatus.POLLING for t in self.registry.job_tasks(job.id)):
+            if time.time() > give_up:
+                raise _Unreachable("cancel deadline passed while tasks were still running")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.retry * 4):
+                    await self.registry.wait_changed(job.id)
+
+    async def _retrying(self, give_up: float, call: Any) -> Any:
+        """Retry a verb while its host cannot be reached, until the cancel deadline."""
+        delay = self.retry
+        while True:
+            try:
+                return await call()
+            except VdsmCallError as e:
+                if e.vdsm_code not in (5022, 99) or time.time() > give_up:
+                    if e.vdsm_code in (5022, 99):
+                        raise _Unreachable(
+                            f"host {e.host} unreachable until the cancel deadline: {e.message}"
+                        ) from e
+                    raise
+                log.warning("cancel: %s; retrying in %.1fs", e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _finish(
+        self, job: Job, status: JobStatus, outcome: str, *, orphan: bool = False, error: str = ""
+    ) -> None:
+        cancel = job.cancel
+        assert cancel is not None
+        for task in self.registry.job_tasks(job.id):
+            if task.status not in model.TASK_SETTLED and task.status is not TaskStatus.ORPHAN:
+                if orphan and task.vdsm_id:
+                    self.registry.set_task_status(task, TaskStatus.ORPHAN)
+                elif task.status is TaskStatus.SUBMITTING or not task.vdsm_id:
+                    self.registry.set_task_status(task, TaskStatus.LOST)
+        for record in self.registry.commands.get(job.id, {}).values():
+            if record.status not in model.COMMAND_TERMINAL or (
+                cancel.mode is CancelMode.REVERT
+                and record.status is CommandStatus.ENDED_SUCCESSFULLY
+                and status is JobStatus.ABORTED
+            ):
+                self.registry.set_command_status(record, CommandStatus.CANCELLED)
+        for step in self.registry.steps.get(job.id, {}).values():
+            if step.status is StepStatus.STARTED:
+                self.registry.end_step(step, StepStatus.ABORTED)
+        self.registry.release_locks(job.id)
+        cancel.outcome, cancel.ended_at = outcome, model.now()
+        if job.status is JobStatus.CANCELLING:
+            await self.registry.set_job_status(
+                job, status, error=error or f"cancelled ({cancel.mode.value}): {cancel.reason}"
+            )
+        log.info("job %s [%s]: cancel ended %s (%s)", job.id, job.correlation_id, status, outcome)
+
+
+class _Unreachable(Exception):
+    """A host stayed unreachable past the cancel deadline."""

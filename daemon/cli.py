@@ -169,6 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--correlation-id")
     jobs.add_argument("--limit", type=int)
 
+    cancel = sub.add_parser("cancel", parents=[common], help="cancel a job or a batch")
+    target = cancel.add_mutually_exclusive_group(required=True)
+    target.add_argument("job", nargs="?", help="the job to cancel")
+    target.add_argument("--correlation-id", help="cancel every job of a batch")
+    cancel.add_argument("--revert", action="store_true", help="undo completed work too")
+    cancel.add_argument(
+        "--force",
+        action="store_true",
+        help="operators only: end now, orphan what cannot be reached",
+    )
+    cancel.add_argument("--reason", default="", help="why (recorded with the cancel)")
+    cancel.add_argument("--no-wait", action="store_true", help="return once the cancel is recorded")
+    cancel.add_argument("--timeout", type=float, help="give up waiting after SECONDS")
+
     show = sub.add_parser("show", parents=[common], help="a job with its steps and tasks")
     show.add_argument("job")
 
@@ -232,6 +246,8 @@ async def dispatch(client: Client, args: argparse.Namespace, console: Console) -
         )
         emit(console, as_json, doc, lambda: print_jobs(console, doc))
         return EXIT_OK
+    if cmd == "cancel":
+        return await cancel_jobs(client, args, console)
     if cmd == "show":
         job = await client.call("GET", f"/jobs/{args.job}")
         emit(console, as_json, job, lambda: print_job(console, job))
@@ -264,6 +280,44 @@ async def dispatch(client: Client, args: argparse.Namespace, console: Console) -
         emit(console, as_json, doc, lambda: print_health(console, doc))
         return EXIT_OK
     raise UsageError(f"unknown command {cmd!r}")
+
+
+async def cancel_jobs(client: Client, args: argparse.Namespace, console: Console) -> int:
+    """Cancel, then (unless --no-wait) follow each job to its end: 0 when all ended ABORTED."""
+    body: dict[str, Any] = {"mode": "revert" if args.revert else "stop", "reason": args.reason}
+    if args.force:
+        body["force"] = True
+    if args.correlation_id:
+        doc = await client.call(
+            "POST", "/cancel", body={**body, "correlation_id": args.correlation_id}
+        )
+        ids = [j["job"] for j in doc["jobs"] if j["accepted"] or j["status"] == 200]
+        if not args.json:
+            for j in doc["jobs"]:
+                console.print(f"job {j['job']}: {j['reason']}")
+    else:
+        doc = await client.call("POST", f"/jobs/{args.job}/cancel", body=body)
+        ids = [doc["id"]]
+        if not args.json:
+            console.print(
+                f"job {doc['id']}: {doc['status']} "
+                f"({doc.get('cancel_decision', {}).get('reason', '')})"
+            )
+    if args.no_wait:
+        if args.json:
+            emit(console, True, doc, lambda: None)
+        return EXIT_OK
+    ended = [await wait_job(client, i, console, args.timeout, quiet=args.json) for i in ids]
+    if args.json:
+        emit(console, True, ended if args.correlation_id else ended[0], lambda: None)
+    else:
+        for job in ended:
+            cancel = job.get("cancel") or {}
+            console.print(
+                f"job {job['id']}: {_styled(job['status'])} "
+                f"outcome={cancel.get('outcome', '')} late={cancel.get('late', False)}"
+            )
+    return EXIT_OK if all(j["status"] == "ABORTED" for j in ended) else EXIT_ERROR
 
 
 async def wait_job(

@@ -7,6 +7,8 @@ task finishes: no sleeps, no timing luck.
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -167,3 +169,38 @@ async def test_refusals_and_repeats(tmp_path: Path) -> None:
         assert up.accept and reg.jobs[job.id].cancel.mode is CancelMode.REVERT  # type: ignore[union-attr]
         gate.open()
         assert (await s.wait_job(job)).status is JobStatus.ABORTED
+
+
+async def test_taskmgr_cancel_waits_and_reports(tmp_path: Path) -> None:
+    async with running_stack(tmp_path, api=True) as s:
+        gate = s.sim.cluster.hosts[spm_host(s)].gate
+        gate.hold()
+        job = await s.submit("CreateDisk", {"pool": s.pool, "domain": s.domains[0], "size": 4096})
+        job.owner = os.getuid()  # submitted in-process; the CLI runs as us
+        reg = s.daemon.registry
+        await until(
+            s, job.id, lambda: any(t.status is TaskStatus.POLLING for t in reg.job_tasks(job.id))
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "daemon.cli",
+            "--socket",
+            str(tmp_path / "api.sock"),
+            "cancel",
+            job.id,
+            "--reason",
+            "operator test",
+            "--timeout",
+            "30",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        await until(s, job.id, lambda: all(t.stop_sent for t in reg.job_tasks(job.id)))
+        gate.open()
+        async with asyncio.timeout(40):
+            out, err = await proc.communicate()
+        assert proc.returncode == 0, (out, err)
+        assert b"ABORTED" in out and b"outcome=stopped" in out
+        assert reg.jobs[job.id].cancel is not None
+        assert reg.jobs[job.id].cancel.reason == "operator test"  # type: ignore[union-attr]

@@ -1,62 +1,68 @@
-"""Hosts: the host registry, a monitor per host, SPM discovery per pool, a task poller per pool.
+"""Hosts: the host registry, a monitor per host, and the wiring of SPM discovery and task polling.
 
-Polling follows the engine's shape but not its pace: one `Host.getAllTasksStatuses` per pool per
-tick on the pool's SPM, never one call per task; fast while the pool has young tasks or a cancel
-is pending (`boost`), backing off to `idle_interval` otherwise, and backing off on failures. A task
-that a good report stops listing is given `missing_grace` seconds, then marked LOST and treated
-as failed (the engine deletes such rows without end logic; we end them). Tasks an SPM lists that
-no record owns go to `on_unknown_tasks` (the orphan reaper).
+`HostManager` owns one persistent JSON-RPC client per host (STOMP, or HTTP for tools), wrapped
+in `VdsmHost` for typed verbs. It runs:
+- a monitor per host: `Host.ping2` and `Host.getAllVmStats` every `monitor_interval`; a host is
+  NON_RESPONSIVE after `failures_before_non_responsive` consecutive failures (then retried with
+  backoff) and UP again at its first good answer. VM lists go to `on_vm_report`, and the host's
+  events (`|virt|VM_status|`, `|virt|VM_migration_status|`, `|jobs|status|`, ...) to `on_vm_event`;
+- SPM discovery per pool (`daemon.spm`);
+- one task poller per pool with watched tasks (`daemon.poller`).
+State changes go through the `Registry`; callbacks are plain functions, and one that raises is
+logged and does not stop the monitor or the poller that called it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.errors import Conflict, InvalidParams, NotFound, Unavailable
-from daemon.model import Host, HostStatus, Task, TaskStatus
+from daemon.errors import Conflict, InvalidParams, NotFound
+from daemon.model import TASK_SETTLED, Host, HostStatus, Task
+from daemon.poller import PoolPoller
 from daemon.registry import Registry
+from daemon.spm import NoSpm, SpmFinder
 from daemon.vdsm.client import StompRpcClient
-from daemon.vdsm.errors import NotSpm, VdsmCallError
+from daemon.vdsm.errors import VdsmCallError
 from daemon.vdsm.http_client import HttpRpcClient
 from daemon.vdsm.verbs import RpcClient, VdsmHost
 
+__all__ = ["HostManager", "HostSettings", "NoSpm"]
+
 log = logging.getLogger(__name__)
 
-_UUID_LEN = 36
-_REACHABLE = (HostStatus.UP, HostStatus.PREPARING_FOR_MAINTENANCE)
-
-
-class NoSpm(Unavailable):
-    code = "no_spm"
+TRANSPORTS = ("stomp", "http")
 
 
 @dataclass(frozen=True)
 class HostSettings:
-    fast_interval: float = 0.2  # task polls while a pool has young tasks or a cancel
-    idle_interval: float = 5.0  # the slowest task poll
-    young_seconds: float = 30.0  # a task is polled fast for this long after it starts
-    missing_grace: float = 10.0  # seconds a task may be missing from good reports
-    monitor_interval: float = 2.0  # seconds between monitor calls per host
-    failures_before_non_responsive: int = 3  # missed monitor calls before NON_RESPONSIVE
-    call_timeout: float = 180.0  # the engine's vdsTimeout
-    spm_start_timeout: float = 60.0  # how long to wait for an SPM to appear or start
+    """Monitoring and polling knobs; `daemon.config` fills them from [polling] and [tls]."""
+
+    fast_interval: float = 0.2  # s between task polls while tasks are young or a cancel is pending
+    idle_interval: float = 5.0  # s: the slowest task poll (the engine polls every 10 s)
+    young_seconds: float = 30.0  # s a task counts as young (polled fast) after it starts
+    missing_grace: float = 3  # consecutive good reports a POLLING task may be missing from
+    monitor_interval: float = 2.0  # s between monitor calls per host
+    failures_before_non_responsive: int = 3  # consecutive monitor failures before NON_RESPONSIVE
+    call_timeout: float = 180.0  # s per VDSM call (the engine's vdsTimeout)
+    spm_start_timeout: float = 60.0  # s to find an SPM, spmStart included
+    monitor_backoff_max: float = 30.0  # s: the slowest retry of a NON_RESPONSIVE host
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
 
 
-VmReport = Callable[[str, list[dict[str, Any]]], None]
-VmEvent = Callable[[str, str, dict[str, Any]], None]
-UnknownTasks = Callable[[str, str, list[str]], None]
-TaskReport = Callable[[Task], None]
+VmReport = Callable[[str, list[dict[str, Any]]], None]  # (host, Host.getAllVmStats)
+VmEvent = Callable[[str, str, dict[str, Any]], None]  # (host, event method, params)
+UnknownTasks = Callable[[str, str, list[str]], None]  # (pool, SPM host, VDSM task ids)
+TaskReport = Callable[[Task], None]  # a task whose VDSM status changed (or became LOST)
 
 
 class HostManager:
@@ -72,23 +78,25 @@ class HostManager:
         self._client_factory = client_factory or self._default_client
         self._vdsm: dict[str, VdsmHost] = {}
         self._monitors: dict[str, asyncio.Task[None]] = {}
-        self._pollers: dict[str, asyncio.Task[None]] = {}
-        self._poll_wake: dict[str, asyncio.Event] = {}
-        self._boost_until: dict[str, float] = {}
-        self._spm: dict[str, str] = {}
-        self._spm_locks: dict[str, asyncio.Lock] = {}
-        self._missing_since: dict[str, float] = {}
+        self._pollers: dict[str, asyncio.Task[None]] = {}  # pool -> running poller
+        self._poll_state: dict[str, PoolPoller] = {}
+        self._spm = SpmFinder(registry, self.settings, self.vdsm)
         self.on_vm_report: list[VmReport] = []
         self.on_vm_event: list[VmEvent] = []
         self.on_unknown_tasks: list[UnknownTasks] = []
         self.on_task_report: list[TaskReport] = []
-        self.polls: dict[str, int] = {}  # getAllTasksStatuses calls per pool (metrics, tests)
+        self.polls: dict[str, int] = {}  # good getAllTasksStatuses calls per pool (metrics, tests)
 
     # -- registry of hosts -------------------------------------------------------------------
 
     async def start(self) -> None:
-        for host in self.registry.hosts.values():
-            self._connect(host)
+        """Connect to every host already in the registry (loaded from the store)."""
+        for host in list(self.registry.hosts.values()):
+            if host.name not in self._vdsm:
+                self._connect(host)
+
+    def hosts(self) -> list[Host]:
+        return sorted(self.registry.hosts.values(), key=lambda h: h.name)
 
     async def add_host(
         self,
@@ -101,50 +109,45 @@ class HostManager:
         tls: bool = False,
         status: HostStatus | None = None,
     ) -> Host:
+        """Register, connect and start monitoring a host.
+
+        Without `status` the host is checked once before this returns, so a reachable host is
+        UP at once; AddHost passes INSTALLING, which the monitor leaves alone.
+        """
+        _validate(name, address, port, pool, transport, tls)
         if name in self.registry.hosts:
             raise Conflict(f"a host named {name!r} already exists")
-        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-            raise InvalidParams(f"port must be 1..65535, got {port!r}")
-        if not isinstance(pool, str) or len(pool) != _UUID_LEN:
-            raise InvalidParams(f"pool must be a storage pool UUID, got {pool!r}")
-        if transport not in ("stomp", "http"):
-            raise InvalidParams(f"transport must be stomp or http, got {transport!r}")
         host = Host(
             name, address, port, pool, transport, tls, status=status or HostStatus.NON_RESPONSIVE
         )
         await self.registry.put_host(host)
         self._connect(host)
+        log.info("host %s (pool %s): added, %s to %s:%d", name, pool, transport, address, port)
         if status is None:
-            await self._check(host)  # reachable hosts are UP before the call returns
+            await self._check(host)
         return host
 
     async def remove_host(self, name: str) -> None:
-        if name not in self.registry.hosts:
+        """Unregister a host; refused while it has tasks that are not settled."""
+        host = self.registry.hosts.get(name)
+        if host is None:
             raise NotFound(f"no host named {name!r}")
-        busy = [
-            t
-            for t in self.registry.host_tasks(name)
-            if t.status not in (TaskStatus.CLEARED, TaskStatus.LOST)
-        ]
+        busy = [t for t in self.registry.host_tasks(name) if t.status not in TASK_SETTLED]
         if busy:
             raise Conflict(
-                f"host {name} still has {len(busy)} tasks of jobs "
-                f"{sorted({t.job_id for t in busy})}"
+                f"host {name!r} still has {len(busy)} task(s) not settled "
+                f"(jobs {', '.join(sorted({t.job_id for t in busy})[:5])})"
             )
-        monitor = self._monitors.pop(name, None)
-        if monitor is not None:
-            monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await monitor
+        await _stop([t for t in [self._monitors.pop(name, None)] if t is not None])
         vdsm = self._vdsm.pop(name, None)
         if vdsm is not None:
             await vdsm.client.close()
-        for pool, spm in list(self._spm.items()):
-            if spm == name:
-                del self._spm[pool]
+        self._spm.forget_host(name)
         await self.registry.delete_host(name)
+        log.info("host %s (pool %s): removed", name, host.pool)
 
     def vdsm(self, name: str) -> VdsmHost:
+        """The typed verbs of a host, over its one persistent client."""
         try:
             return self._vdsm[name]
         except KeyError:
@@ -183,24 +186,28 @@ class HostManager:
         self._monitors[name] = asyncio.create_task(self._monitor(name), name=f"monitor-{name}")
 
     def _event(self, host: str, method: str, params: dict[str, Any]) -> None:
-        for callback in list(self.on_vm_event):
-            callback(host, method, params)
+        _call_all(self.on_vm_event, f"host {host}: event {method}", host, method, params)
 
     # -- monitor -------------------------------------------------------------------------------
 
     async def _monitor(self, name: str) -> None:
+        settings = self.settings
         while True:
             host = self.registry.hosts.get(name)
             if host is None:
                 return
             await self._check(host)
-            delay = self.settings.monitor_interval
-            if host.failures >= self.settings.failures_before_non_responsive:
-                delay = min(delay * 2 ** min(host.failures - 2, 4), 30.0)
+            delay = settings.monitor_interval
+            over = host.failures - settings.failures_before_non_responsive
+            if over >= 0:  # NON_RESPONSIVE: retry less and less often
+                delay = min(delay * 2 ** min(over + 1, 10), settings.monitor_backoff_max)
             await asyncio.sleep(delay)
 
     async def _check(self, host: Host) -> None:
-        vdsm = self._vdsm[host.name]
+        """One monitor round: ping2 and the VM list, then UP / NON_RESPONSIVE as they went."""
+        vdsm = self._vdsm.get(host.name)
+        if vdsm is None:
+            return
         try:
             async with asyncio.timeout(max(self.settings.monitor_interval * 2, 1.0)):
                 await vdsm.ping()
@@ -212,15 +219,17 @@ class HostManager:
                 and host.status is HostStatus.UP
             ):
                 log.warning(
-                    "host %s (pool %s): NON_RESPONSIVE after %d failures: %s",
+                    "host %s (pool %s): NON_RESPONSIVE after %d failed checks: %s",
                     host.name,
                     host.pool,
                     host.failures,
                     e,
                 )
                 host.status = HostStatus.NON_RESPONSIVE
-                self._forget_spm_host(host.name)
+                self._spm.forget_host(host.name)
                 self.registry.update_host(host)
+            else:
+                log.debug("host %s (pool %s): check failed: %s", host.name, host.pool, e)
             return
         host.failures = 0
         host.last_seen = time.time()
@@ -228,201 +237,104 @@ class HostManager:
             log.info("host %s (pool %s): UP", host.name, host.pool)
             host.status = HostStatus.UP
             self.registry.update_host(host)
-        for callback in list(self.on_vm_report):
-            callback(host.name, vms)
+        _call_all(self.on_vm_report, f"host {host.name}: VM report", host.name, vms)
 
     # -- SPM -----------------------------------------------------------------------------------
 
-    def forget_spm(self, pool: str) -> None:
-        self._spm.pop(pool, None)
-
-    def _forget_spm_host(self, name: str) -> None:
-        for pool, spm in list(self._spm.items()):
-            if spm == name:
-                del self._spm[pool]
-
     async def spm(self, pool: str) -> str:
-        """The pool's SPM host, discovered (and started on a chosen host when there is none)."""
-        if pool in self._spm:
-            return self._spm[pool]
-        lock = self._spm_locks.setdefault(pool, asyncio.Lock())
-        async with lock:
-            if pool in self._spm:
-                return self._spm[pool]
-            deadline = time.monotonic() + self.settings.spm_start_timeout
-            while True:
-                found = await self._discover(pool, start=time.monotonic() < deadline)
-                if found is not None:
-                    self._spm[pool] = found
-                    log.info("pool %s: SPM is %s", pool, found)
-                    return found
-                if time.monotonic() >= deadline:
-                    raise NoSpm(f"pool {pool} has no SPM and none could be started")
-                await asyncio.sleep(min(1.0, self.settings.fast_interval * 5))
+        """The pool's SPM host name; discovered, or started, when not known (`NoSpm` if not)."""
+        return await self._spm.spm(pool)
 
-    async def _discover(self, pool: str, *, start: bool) -> str | None:
-        members = [h for h in self.registry.hosts.values() if h.pool == pool]
-        candidates: list[Host] = []
-        prev_id, prev_lver, contending = -1, -1, False
-        for host in members:
-            if host.status not in _REACHABLE:
-                continue
-            try:
-                role, spm_id, lver = await self._vdsm[host.name].spm_status(pool)
-            except VdsmCallError as e:
-                log.warning("pool %s: SPM status of %s: %s", pool, host.name, e)
-                continue
-            prev_id, prev_lver = max(prev_id, spm_id), max(prev_lver, lver)
-            if role == "SPM":
-                self._mark_spm(pool, host.name)
-                return host.name
-            contending |= role == "Contend"
-            candidates.append(host)
-        if not start or contending or not candidates:
-            return None
-        chosen = candidates[0]
-        vdsm = self._vdsm[chosen.name]
-        log.info("pool %s: no SPM; starting one on %s", pool, chosen.name)
-        try:
-            task_id = await vdsm.spm_start(pool, prev_id, prev_lver)
-            while (status := await vdsm.task_status(task_id)).state != "finished":  # noqa: ASYNC110 - remote state
-                await asyncio.sleep(self.settings.fast_interval)
-            with contextlib.suppress(VdsmCallError):
-                await vdsm.clear_task(task_id)
-            if status.code:
-                log.warning(
-                    "pool %s: spmStart on %s failed: [%d] %s",
-                    pool,
-                    chosen.name,
-                    status.code,
-                    status.message,
-                )
-                return None
-            role, _, _ = await vdsm.spm_status(pool)
-        except VdsmCallError as e:
-            log.warning("pool %s: spmStart on %s: %s", pool, chosen.name, e)
-            return None
-        if role == "SPM":
-            self._mark_spm(pool, chosen.name)
-            return chosen.name
-        return None
+    def forget_spm(self, pool: str) -> None:
+        """A caller got 654 Not SPM: the next `spm(pool)` asks the pool's hosts again."""
+        self._spm.forget(pool)
 
-    def _mark_spm(self, pool: str, name: str) -> None:
-        for host in self.registry.hosts.values():
-            if host.pool == pool and host.spm != (host.name == name):
-                host.spm = host.name == name
-                self.registry.update_host(host)
+    @property
+    def spm_starts(self) -> int:
+        return self._spm.starts
 
     # -- task polling ----------------------------------------------------------------------------
 
     def watch(self, pool: str) -> None:
-        """Make sure the pool is polled (now): called whenever a task starts or changes hands."""
+        """Make sure the pool is polled soon: called whenever a task starts or changes hands."""
+        state = self._poll_state.get(pool)
+        if state is None:
+            state = self._poll_state[pool] = PoolPoller(self, pool)
         poller = self._pollers.get(pool)
         if poller is None or poller.done():
-            self._poll_wake[pool] = asyncio.Event()
-            self._pollers[pool] = asyncio.create_task(self._poll(pool), name=f"poller-{pool}")
+            state.interval = self.settings.fast_interval
+            self._pollers[pool] = asyncio.create_task(state.run(), name=f"poller-{pool}")
         else:
-            self._poll_wake[pool].set()
+            state.poke()
 
     def boost(self, pool: str, seconds: float = 60.0) -> None:
-        """Poll fast for a while (a cancel is pending on this pool)."""
-        self._boost_until[pool] = time.monotonic() + seconds
+        """Poll the pool fast for a while: a cancel is pending on it."""
         self.watch(pool)
+        self._poll_state[pool].boost(seconds)
 
     def pool_tasks(self, pool: str) -> list[Task]:
+        """Every task record of the pool, whatever its status (through the hosts' index)."""
         members = [h.name for h in self.registry.hosts.values() if h.pool == pool]
         return [t for name in members for t in self.registry.host_tasks(name) if t.pool == pool]
-
-    async def _poll(self, pool: str) -> None:
-        interval = self.settings.fast_interval
-        while True:
-            ok = await self._poll_once(pool)
-            tasks = self.pool_tasks(pool)
-            active = [t for t in tasks if t.status is TaskStatus.POLLING]
-            if ok and not active:
-                return  # nothing to watch; the next watch() starts a poller again
-            now = time.time()
-            young = any(now - t.created_at < self.settings.young_seconds for t in active)
-            boosted = self._boost_until.get(pool, 0.0) > time.monotonic()
-            if ok and (young or boosted):
-                interval = self.settings.fast_interval
-            else:
-                interval = min(interval * 2, self.settings.idle_interval)
-            wake = self._poll_wake[pool]
-            wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval):
-                    await wake.wait()
-
-    async def _poll_once(self, pool: str) -> bool:
-        try:
-            spm = await self.spm(pool)
-            started = time.perf_counter()
-            reports = await self._vdsm[spm].task_statuses()
-        except NotSpm:
-            self.forget_spm(pool)
-            return False
-        except (VdsmCallError, NoSpm) as e:
-            log.warning("pool %s: task poll failed: %s", pool, e)
-            self.forget_spm(pool)
-            return False
-        self.last_poll_seconds = time.perf_counter() - started
-        self.polls[pool] = self.polls.get(pool, 0) + 1
-        now = time.monotonic()
-        known: set[str] = set()
-        for task in self.pool_tasks(pool):
-            if task.vdsm_id is None:
-                continue
-            known.add(task.vdsm_id)
-            if task.status is not TaskStatus.POLLING:
-                continue
-            report = reports.get(task.vdsm_id)
-            if report is None:
-                since = self._missing_since.setdefault(task.id, now)
-                if now - since >= self.settings.missing_grace:
-                    log.warning(
-                        "job %s: task %s missing from %s's reports; LOST",
-                        task.job_id,
-                        task.vdsm_id,
-                        spm,
-                    )
-                    self.registry.set_task_status(
-                        task,
-                        TaskStatus.LOST,
-                        vdsm_state="unknown",
-                        message="missing from the SPM's task list",
-                    )
-                    self._missing_since.pop(task.id, None)
-                    self._notify(task)
-                continue
-            self._missing_since.pop(task.id, None)
-            if self.registry.report_task(task, report.as_dict()):
-                self._notify(task)
-        unknown = sorted(set(reports) - known)
-        if unknown:
-            for callback in list(self.on_unknown_tasks):
-                callback(pool, spm, unknown)
-        return True
-
-    def _notify(self, task: Task) -> None:
-        for callback in list(self.on_task_report):
-            callback(task)
 
     def sweep(self) -> None:
         """Poll every pool once (housekeeping: finds orphans on pools with nothing watched)."""
         for pool in {h.pool for h in self.registry.hosts.values()}:
             self.watch(pool)
 
+    def notify_task(self, task: Task) -> None:
+        _call_all(self.on_task_report, f"pool {task.pool}: task report", task)
+
+    def notify_unknown(self, pool: str, host: str, ids: list[str]) -> None:
+        _call_all(self.on_unknown_tasks, f"pool {pool}: unknown tasks", pool, host, ids)
+
+    # -- shutdown --------------------------------------------------------------------------------
+
     async def close(self) -> None:
+        """Stop every monitor and poller and close every client; nothing is left running."""
         tasks = [*self._monitors.values(), *self._pollers.values()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         self._monitors.clear()
         self._pollers.clear()
-        for vdsm in self._vdsm.values():
+        await _stop(tasks)
+        clients, self._vdsm = list(self._vdsm.values()), {}
+        for vdsm in clients:
             await vdsm.client.close()
-        self._vdsm.clear()
 
+
+def _validate(name: str, address: str, port: int, pool: str, transport: str, tls: bool) -> None:
+    if not isinstance(name, str) or not name or len(name) > 255 or not name.isprintable():
+        raise InvalidParams(f"host name must be a non-empty printable string, got {name!r}")
+    if not isinstance(address, str) or not address or any(c.isspace() for c in address):
+        raise InvalidParams(f"host {name}: address must be a host name or IP, got {address!r}")
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise InvalidParams(f"host {name}: port must be 1..65535, got {port!r}")
+    try:
+        valid_pool = isinstance(pool, str) and str(uuid.UUID(pool)) == pool.lower()
+    except ValueError:
+        valid_pool = False
+    if not valid_pool:
+        raise InvalidParams(f"host {name}: pool must be a storage pool UUID, got {pool!r}")
+    if transport not in TRANSPORTS:
+        raise InvalidParams(f"host {name}: transport must be stomp or http, got {transport!r}")
+    if not isinstance(tls, bool):
+        raise InvalidParams(f"host {name}: tls must be true or false, got {tls!r}")
+
+
+def _call_all(callbacks: Iterable[Callable[..., None]], what: str, *args: Any) -> None:
+    """Run every callback; one that raises is logged and the others still run."""
+    for callback in list(callbacks):
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("%s: callback %r failed", what, callback)
+
+
+async def _stop(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel and await tasks; their CancelledError is theirs, ours still propagates."""
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s ended with %r", task.get_name(), task.exception())

@@ -1,7 +1,9 @@
 """JSON-RPC over HTTP POST, the second transport (the simulator's `/hosts/<name>/jsonrpc`).
 
-Same surface as `StompRpcClient` minus events: HTTP has no server push, so a host reached over
-HTTP is monitored by polling only.
+Same surface and error mapping as `StompRpcClient` minus events: HTTP has no server push, so a
+host reached over HTTP is monitored by polling only (`on_event` accepts a callback that is never
+called). One `aiohttp.ClientSession` per client keeps connections alive between calls; a timeout
+or a refused connection is 5022, as on STOMP, and a reply that is not JSON-RPC is `BadReply`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import aiohttp
 from jsonrpcclient import Error, Ok, parse, request
 
 from daemon.vdsm.client import DEFAULT_TIMEOUT
-from daemon.vdsm.errors import ClientTimeout, ConnectionLost, VdsmCallError, error_for
+from daemon.vdsm.errors import ClientTimeout, ConnectionLost, error_for
+from daemon.vdsm.verbs import BadReply
 
 
 class HttpRpcClient:
@@ -59,6 +62,8 @@ class HttpRpcClient:
                         5022, f"HTTP {resp.status}: {text[:200]}", method, self.label
                     )
                 reply = await resp.json(content_type=None)
+        except ValueError as e:  # not JSON at all: a broken peer, not a lost connection
+            raise BadReply(-32603, f"reply is not JSON: {e}", method, self.label) from None
         except TimeoutError:
             raise ClientTimeout(
                 5022,
@@ -68,15 +73,21 @@ class HttpRpcClient:
             ) from None
         except aiohttp.ClientError as e:
             raise ConnectionLost(5022, f"connection failed: {e}", method, self.label) from None
+        if not isinstance(reply, dict):
+            raise BadReply(-32603, f"unexpected reply {reply!r:.200}", method, self.label)
         try:
             parsed = parse(reply)
+            if isinstance(parsed, Ok):
+                return parsed.result
+            if isinstance(parsed, Error):
+                code = int(parsed.code)
         except (KeyError, TypeError, ValueError) as e:
-            raise VdsmCallError(-32603, f"malformed reply: {e}", method, self.label) from None
-        if isinstance(parsed, Ok):
-            return parsed.result
+            raise BadReply(
+                -32603, f"malformed reply: {e}: {reply!r:.200}", method, self.label
+            ) from None
         if isinstance(parsed, Error):
-            raise error_for(int(parsed.code), str(parsed.message), method, self.label)
-        raise VdsmCallError(-32603, f"unexpected reply {reply!r:.200}", method, self.label)
+            raise error_for(code, str(parsed.message), method, self.label)
+        raise BadReply(-32603, f"unexpected reply {reply!r:.200}", method, self.label)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -81,6 +81,15 @@ def _expect(kind: type | tuple[type, ...], value: Any, method: str, host: str) -
     return value
 
 
+def _dicts(value: Any, method: str, host: str, required: tuple[str, ...]) -> list[dict[str, Any]]:
+    """A list of objects that each carry `required` keys; anything else is a BadReply."""
+    items = _expect(list, value, method, host)
+    for item in items:
+        if not isinstance(item, dict) or any(k not in item for k in required):
+            raise BadReply(-32603, f"unexpected list entry {item!r:.200}", method, host)
+    return list(items)
+
+
 class VdsmHost:
     """One host's verbs; `client` is a STOMP or HTTP JSON-RPC client."""
 
@@ -108,17 +117,13 @@ class VdsmHost:
         return dict(_expect(dict, await self._call("Host.getStats"), "Host.getStats", self.name))
 
     async def vm_stats(self) -> list[dict[str, Any]]:
-        vms = _expect(list, await self._call("Host.getAllVmStats"), "Host.getAllVmStats", self.name)
-        return [vm for vm in vms if isinstance(vm, dict)]
+        """Host.getAllVmStats: one dict per VM (each with at least `vmId` and `status`)."""
+        method = "Host.getAllVmStats"
+        return _dicts(await self._call(method), method, self.name, ("vmId",))
 
     async def vm_list(self) -> list[dict[str, Any]]:
-        vms = _expect(
-            list,
-            await self._call("Host.getVMList", {"fullStatus": False}),
-            "Host.getVMList",
-            self.name,
-        )
-        return [vm for vm in vms if isinstance(vm, dict)]
+        method = "Host.getVMList"
+        return _dicts(await self._call(method, {"fullStatus": False}), method, self.name, ("vmId",))
 
     # -- tasks ----------------------------------------------------------------------------------
 
@@ -198,6 +203,39 @@ class VdsmHost:
         }
         return self._task_id("Volume.create", await self._call("Volume.create", params))
 
+    async def copy_volume(
+        self,
+        pool: str,
+        domain: str,
+        image: str,
+        volume: str,
+        dst_domain: str,
+        dst_image: str,
+        dst_volume: str,
+        *,
+        fmt: str = "COW",
+        prealloc: str = "SPARSE",
+        vol_type: str = "LEAF",
+        desc: str = "",
+    ) -> str:
+        """Volume.copy (copyImage): the collapsed chain of `image` into a new image."""
+        params = {
+            "volumeID": volume,
+            "storagepoolID": pool,
+            "storagedomainID": domain,
+            "imageID": image,
+            "dstSdUUID": dst_domain,
+            "dstImgUUID": dst_image,
+            "dstVolUUID": dst_volume,
+            "desc": desc,
+            "volType": vol_type,
+            "volFormat": fmt,
+            "preallocate": prealloc,
+            "postZero": False,
+            "force": False,
+        }
+        return self._task_id("Volume.copy", await self._call("Volume.copy", params))
+
     async def delete_image(self, pool: str, domain: str, image: str) -> str:
         params = {
             "imageID": image,
@@ -221,6 +259,19 @@ class VdsmHost:
             "force": False,
         }
         return self._task_id("Image.move", await self._call("Image.move", params))
+
+    async def volume_info(self, pool: str, domain: str, image: str, volume: str) -> dict[str, Any]:
+        method = "Volume.getInfo"
+        params = {
+            "volumeID": volume,
+            "storagepoolID": pool,
+            "storagedomainID": domain,
+            "imageID": image,
+        }
+        raw = _expect(dict, await self._call(method, params), method, self.name)
+        if not isinstance(raw.get("uuid"), str):
+            raise BadReply(-32603, f"volume info without uuid: {raw!r:.200}", method, self.name)
+        return dict(raw)
 
     async def domain_volumes(self, pool: str, domain: str, image: str = BLANK_UUID) -> list[str]:
         method = "StorageDomain.getVolumes"

@@ -1,0 +1,172 @@
+"""The task poller of one storage pool: one `Host.getAllTasksStatuses` on its SPM per tick.
+
+Never one call per task: a pool with 5,000 tasks costs the SPM the same one call per tick as a
+pool with one. The pace adapts (the engine polls every 10 s whatever happens):
+- `fast_interval` while a watched task is younger than `young_seconds` or a cancel is pending
+  (`boost`), so a finished task is noticed within one fast tick;
+- otherwise the interval doubles after every tick up to `idle_interval`;
+- a failed tick (no SPM, 654, timeout) backs off the same way;
+- `poke` (a task started or changed hands) cuts the current wait short, but never polls sooner
+  than `fast_interval` after the previous poll, so a burst of submissions cannot turn the poller
+  into a busy loop.
+The poller ends when its pool has no task in POLLING; `HostManager.watch` starts it again.
+
+What a good report means for each watched task of the pool (POLLING or ENDED, with a VDSM id):
+its status is applied with `Registry.report_task` (`on_task_report` hears of every change). A
+POLLING task that is missing from `missing_grace` consecutive good reports becomes LOST, VDSM
+state "unknown", and is handled as failed, as the engine does (spec engine-job-model §5); only
+reports whose call was sent after the task was known count, so a poll racing the verb that
+created the task never counts as a miss. Task ids the SPM lists that no record of the pool owns go
+to `on_unknown_tasks` (the orphan reaper decides what they are).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from daemon.model import TaskStatus
+from daemon.spm import NoSpm
+from daemon.vdsm.errors import NotSpm, VdsmCallError
+from daemon.vdsm.verbs import TaskStatusReport
+
+if TYPE_CHECKING:
+    from daemon.hosts import HostManager
+
+log = logging.getLogger(__name__)
+
+_WATCHED = (TaskStatus.POLLING, TaskStatus.ENDED)
+
+
+class PoolPoller:
+    """Polling state of one pool; it outlives its asyncio task so counters survive a restart."""
+
+    def __init__(self, manager: HostManager, pool: str) -> None:
+        self.manager = manager
+        self.pool = pool
+        self.wake = asyncio.Event()
+        self.boost_until = 0.0  # monotonic time until which the pool is polled fast
+        self.misses: dict[str, int] = {}  # task id -> consecutive good reports without it
+        self.interval = manager.settings.fast_interval
+        self.polls = 0  # successful getAllTasksStatuses calls
+        self.failures = 0  # consecutive failed ticks
+        self.last_poll = 0.0  # monotonic start of the previous call
+        self.last_poll_seconds = 0.0  # how long the previous good call took
+
+    def poke(self) -> None:
+        self.wake.set()
+
+    def boost(self, seconds: float) -> None:
+        self.boost_until = max(self.boost_until, time.monotonic() + seconds)
+        self.interval = self.manager.settings.fast_interval
+        self.wake.set()
+
+    async def run(self) -> None:
+        settings = self.manager.settings
+        while True:
+            self.wake.clear()  # a poke from now on asks for one more poll after this one
+            try:
+                ok = await self.poll_once()
+            except Exception:  # a bug in a callback or the registry must not end polling
+                log.exception("pool %s: task poll failed unexpectedly", self.pool)
+                ok = False
+            self.failures = 0 if ok else self.failures + 1
+            active = [
+                t for t in self.manager.pool_tasks(self.pool) if t.status is TaskStatus.POLLING
+            ]
+            if ok and not active:
+                log.debug("pool %s: no task to poll; poller stops", self.pool)
+                return
+            now = time.time()
+            young = any(now - t.created_at < settings.young_seconds for t in active)
+            boosted = self.boost_until > time.monotonic()
+            if ok and (young or boosted):
+                self.interval = settings.fast_interval
+            else:
+                self.interval = min(self.interval * 2, settings.idle_interval)
+            await self._pause(self.interval)
+
+    async def _pause(self, interval: float) -> None:
+        """Wait `interval`, or less when poked, but at least `fast_interval` since the last poll."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(interval):
+                await self.wake.wait()
+        floor = self.last_poll + self.manager.settings.fast_interval - time.monotonic()
+        if floor > 0:
+            await asyncio.sleep(floor)
+
+    async def poll_once(self) -> bool:
+        """One tick; False when no good report was had (the tick is then retried with backoff)."""
+        manager, pool = self.manager, self.pool
+        try:
+            spm = await manager.spm(pool)
+        except NoSpm as e:
+            log.warning("pool %s: task poll skipped: %s", pool, e)
+            return False
+        expected = {
+            t.id
+            for t in manager.pool_tasks(pool)
+            if t.status is TaskStatus.POLLING and t.vdsm_id is not None
+        }
+        self.last_poll = time.monotonic()
+        try:
+            reports = await manager.vdsm(spm).task_statuses()
+        except NotSpm:
+            log.info("pool %s host %s: not SPM any more (654); rediscovering", pool, spm)
+            manager.forget_spm(pool)
+            return False
+        except VdsmCallError as e:
+            log.warning("pool %s host %s: getAllTasksStatuses failed: %s", pool, spm, e)
+            return False
+        self.last_poll_seconds = time.monotonic() - self.last_poll
+        self.polls += 1
+        manager.polls[pool] = manager.polls.get(pool, 0) + 1
+        self.apply(spm, reports, expected)
+        return True
+
+    def apply(self, spm: str, reports: dict[str, TaskStatusReport], expected: set[str]) -> None:
+        manager, pool = self.manager, self.pool
+        grace = manager.settings.missing_grace
+        known: set[str] = set()
+        for task in manager.pool_tasks(pool):
+            if task.vdsm_id is None:
+                continue
+            known.add(task.vdsm_id)
+            if task.status not in _WATCHED:
+                continue
+            report = reports.get(task.vdsm_id)
+            if report is not None:
+                self.misses.pop(task.id, None)
+                if manager.registry.report_task(task, report.as_dict()):
+                    manager.notify_task(task)
+                continue
+            if task.status is not TaskStatus.POLLING or task.id not in expected:
+                continue  # an ENDED task is settled by its command; a new one gets a fair chance
+            misses = self.misses.get(task.id, 0) + 1
+            if misses < grace:
+                self.misses[task.id] = misses
+                continue
+            self.misses.pop(task.id, None)
+            log.warning(
+                "pool %s host %s: job %s task %s missing from %d good reports; LOST",
+                pool,
+                spm,
+                task.job_id,
+                task.vdsm_id,
+                misses,
+            )
+            manager.registry.set_task_status(
+                task,
+                TaskStatus.LOST,
+                vdsm_state="unknown",
+                message="missing from the SPM's task list",
+            )
+            manager.notify_task(task)
+        for task_id in [t for t in self.misses if t not in expected]:
+            del self.misses[task_id]  # settled or forgotten meanwhile
+        unknown = sorted(set(reports) - known)
+        if unknown:
+            manager.notify_unknown(pool, spm, unknown)

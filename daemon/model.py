@@ -8,11 +8,13 @@ CANCELLING and ABORTED given the meaning the engine never gave them: ended by a 
 
 from __future__ import annotations
 
+import operator
+import os
 import time
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 
 class JobStatus(StrEnum):
@@ -171,7 +173,16 @@ def check_task_move(current: TaskStatus, target: TaskStatus) -> None:
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID in its canonical text form, as `str(uuid.uuid4())` gives it.
+
+    Built from the same 16 random bytes without a `uuid.UUID` object: ids are made for every
+    job, step, command and task, and this is about three times cheaper.
+    """
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def now() -> float:
@@ -292,38 +303,76 @@ class Host:
 Record = Job | Step | Command | Task | Lock | Host
 
 
+_GETTERS: dict[type, tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]] = {}
+
+
+def _getter(cls: type) -> tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]:
+    """The slot names of a record class and one attrgetter reading them all (cached)."""
+    got = _GETTERS.get(cls)
+    if got is None:
+        names: tuple[str, ...] = cls.__slots__  # type: ignore[attr-defined]
+        got = _GETTERS[cls] = (names, operator.attrgetter(*names))
+    return got
+
+
 def to_doc(record: Record) -> dict[str, Any]:
     """A JSON-ready dict of a record (enums are str subclasses and serialize as their value)."""
-    doc = {name: getattr(record, name) for name in record.__slots__}
-    if isinstance(record, Job) and record.cancel is not None:
-        cancel = record.cancel
-        doc["cancel"] = {name: getattr(cancel, name) for name in cancel.__slots__}
+    names, get = _getter(type(record))
+    doc = dict(zip(names, get(record), strict=True))
+    if type(record) is Job and record.cancel is not None:
+        cnames, cget = _getter(CancelRecord)
+        doc["cancel"] = dict(zip(cnames, cget(record.cancel), strict=True))
     return doc
 
 
+E = TypeVar("E", bound=StrEnum)
+
+
+def _enum(cls: type[E], value: Any) -> E:
+    """`cls(value)` through the enum's own value map (one dict lookup instead of a call)."""
+    try:
+        return cls._value2member_map_[value]  # type: ignore[return-value]
+    except (KeyError, TypeError):
+        return cls(value)  # the usual ValueError for a value the enum does not know
+
+
 def job_from_doc(doc: dict[str, Any]) -> Job:
+    job = Job(**doc)
+    job.status = _enum(JobStatus, job.status)
     cancel = doc.get("cancel")
-    fields_ = {**doc, "status": JobStatus(doc["status"])}
     if cancel is not None:
-        fields_["cancel"] = CancelRecord(**{**cancel, "mode": CancelMode(cancel["mode"])})
-    return Job(**fields_)
+        record = CancelRecord(**cancel)
+        record.mode = _enum(CancelMode, record.mode)
+        job.cancel = record
+    return job
 
 
 def step_from_doc(doc: dict[str, Any]) -> Step:
-    return Step(**{**doc, "type": StepType(doc["type"]), "status": StepStatus(doc["status"])})
+    step = Step(**doc)
+    step.type = _enum(StepType, step.type)
+    step.status = _enum(StepStatus, step.status)
+    return step
 
 
 def command_from_doc(doc: dict[str, Any]) -> Command:
-    return Command(**{**doc, "status": CommandStatus(doc["status"])})
+    command = Command(**doc)
+    command.status = _enum(CommandStatus, command.status)
+    return command
 
 
 def task_from_doc(doc: dict[str, Any]) -> Task:
-    return Task(**{**doc, "status": TaskStatus(doc["status"])})
+    task = Task(**doc)
+    task.status = _enum(TaskStatus, task.status)
+    return task
 
 
 def lock_from_doc(doc: dict[str, Any]) -> Lock:
-    return Lock(**{**doc, "kind": LockKind(doc["kind"])})
+    lock = Lock(**doc)
+    lock.kind = _enum(LockKind, lock.kind)
+    return lock
 
 
 def host_from_doc(doc: dict[str, Any]) -> Host:
-    return Host(**{**doc, "status": HostStatus(doc["status"])})
+    host = Host(**doc)
+    host.status = _enum(HostStatus, host.status)
+    return host

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -55,6 +57,9 @@ class Registry:
         self.by_correlation: dict[str, set[str]] = collections.defaultdict(set)
         self.by_status: dict[JobStatus, set[str]] = collections.defaultdict(set)
         self.locks: dict[str, list[Lock]] = {}  # entity -> holders
+        self._locks_by_job: dict[str, list[Lock]] = {}  # job -> its locks (release without scans)
+        self._entity_seq: dict[str, int] = {}  # entity -> when it entered `locks` (its order)
+        self._seq = itertools.count()
         self.hosts: dict[str, Host] = {}
         self._changed: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
 
@@ -253,24 +258,41 @@ class Registry:
                 if kind is LockKind.EXCLUSIVE or held.kind is LockKind.EXCLUSIVE:
                     raise LockConflict(f"{entity} is locked by job {held.job_id} ({held.kind})")
         for entity, kind in wanted:
-            holders = self.locks.setdefault(entity, [])
+            holders = self._holders(entity)
             if any(h.job_id == job.id for h in holders):
                 continue
             lock = Lock(entity, kind, job.id)
-            holders.append(lock)
+            self._hold(holders, lock)
             self._emit("lock", f"{entity}|{job.id}", lock, job.id, "created")
 
+    def _holders(self, entity: str) -> list[Lock]:
+        holders = self.locks.get(entity)
+        if holders is None:
+            holders = self.locks[entity] = []
+            self._entity_seq[entity] = next(self._seq)
+        return holders
+
+    def _hold(self, holders: list[Lock], lock: Lock) -> None:
+        holders.append(lock)
+        self._locks_by_job.setdefault(lock.job_id, []).append(lock)
+
     def release_locks(self, job_id: str) -> None:
-        for entity in list(self.locks):
-            holders = self.locks[entity]
-            for lock in [h for h in holders if h.job_id == job_id]:
-                holders.remove(lock)
-                self._emit("lock", f"{entity}|{job_id}", None, job_id, "deleted")
+        # In the order of `locks` (entities), as a scan of every entity would release them.
+        for lock in self.job_locks(job_id):
+            holders = self.locks[lock.entity]
+            holders.remove(lock)
+            self._emit("lock", f"{lock.entity}|{job_id}", None, job_id, "deleted")
             if not holders:
-                del self.locks[entity]
+                del self.locks[lock.entity]
+                del self._entity_seq[lock.entity]
+        self._locks_by_job.pop(job_id, None)
 
     def job_locks(self, job_id: str) -> list[Lock]:
-        return [h for holders in self.locks.values() for h in holders if h.job_id == job_id]
+        mine = self._locks_by_job.get(job_id)
+        if not mine:
+            return []
+        seq = self._entity_seq
+        return sorted(mine, key=lambda lock: seq[lock.entity])
 
     # -- hosts -------------------------------------------------------------------------------
 
@@ -288,29 +310,53 @@ class Registry:
     # -- loading -------------------------------------------------------------------------------
 
     async def load(self) -> None:
-        """Rebuild every tree from the store (start-up)."""
-        for doc in await self.store.load("job"):
+        """Rebuild every tree from the store (start-up).
+
+        Records are read a chunk at a time, and the strings they repeat (their job's id, host,
+        pool, action names) are shared with the first copy instead of kept once per record.
+        """
+        jobs = self.jobs
+        intern = sys.intern
+
+        def job_id_of(job_id: str) -> str:
+            job = jobs.get(job_id)
+            return job.id if job is not None else job_id
+
+        async for doc in self.store.iter_load("job"):
             job = model.job_from_doc(doc)
-            self.jobs[job.id] = job
+            job.action = intern(job.action)
+            jobs[job.id] = job
             self.by_correlation[job.correlation_id].add(job.id)
             self.by_status[job.status].add(job.id)
-        for doc in await self.store.load("step"):
+        async for doc in self.store.iter_load("step"):
             step = model.step_from_doc(doc)
+            step.job_id = job_id_of(step.job_id)
+            if step.host is not None:
+                step.host = intern(step.host)
             self.steps[step.job_id][step.id] = step
-        for doc in await self.store.load("command"):
+        async for doc in self.store.iter_load("command"):
             command = model.command_from_doc(doc)
+            command.job_id = job_id_of(command.job_id)
+            command.action = intern(command.action)
             self.commands[command.job_id][command.id] = command
-        for doc in await self.store.load("task"):
+        async for doc in self.store.iter_load("task"):
             task = model.task_from_doc(doc)
+            task.job_id = job_id_of(task.job_id)
+            task.host, task.pool, task.verb = (
+                intern(task.host),
+                intern(task.pool),
+                intern(task.verb),
+            )
             self.tasks[task.id] = task
             self.tasks_by_job[task.job_id].add(task.id)
             self.tasks_by_host[task.host].add(task.id)
             if task.vdsm_id:
                 self.by_vdsm_id[(task.host, task.vdsm_id)] = task.id
-        for doc in await self.store.load("lock"):
+        async for doc in self.store.iter_load("lock"):
             lock = model.lock_from_doc(doc)
-            self.locks.setdefault(lock.entity, []).append(lock)
-        for doc in await self.store.load("host"):
+            lock.job_id = job_id_of(lock.job_id)
+            self._hold(self._holders(lock.entity), lock)
+        async for doc in self.store.iter_load("host"):
             host = model.host_from_doc(doc)
             self.hosts[host.name] = host
 

@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -224,12 +224,22 @@ class Store:
     # -- reading -----------------------------------------------------------------------------
 
     async def load(self, kind: Kind) -> list[dict[str, Any]]:
-        """Every record of a kind, as written (used once at start)."""
+        """Every record of a kind, as written."""
+        return [doc async for doc in self.iter_load(kind)]
+
+    async def iter_load(self, kind: Kind, chunk: int = 2000) -> AsyncIterator[dict[str, Any]]:
+        """Every record of a kind, as written, a chunk of rows at a time (used once at start).
+
+        Streaming keeps the start-up peak small: only one chunk of raw rows and documents is
+        alive at a time instead of every row of the table and then every document.
+        """
         assert self._db is not None
         table, _ = _TABLES[kind]
+        loads = json.loads
         async with self._db.execute(f"SELECT doc FROM {table}") as cur:
-            rows = await cur.fetchall()
-        return [json.loads(r[0]) for r in rows]
+            while rows := await cur.fetchmany(chunk):
+                for row in rows:
+                    yield loads(row[0])
 
 
 def _column(doc: dict[str, Any], column: str) -> Any:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon import model
 from daemon.model import (
     CancelMode,
     CancelRecord,
@@ -113,3 +114,18 @@ async def test_every_change_is_published_in_order(tmp_path: Path) -> None:
     resumed = reg.events.subscribe(after=1)
     assert resumed.queue.qsize() == 2
     await reg.store.close()
+
+
+async def test_create_jobs_commits_every_job_in_one_go(tmp_path: Path) -> None:
+    store = Store(tmp_path / "many.db", synchronous="NORMAL")
+    await store.open()
+    try:
+        reg = Registry(store)
+        jobs = [model.Job(model.new_id(), "RefreshHost", {"host": "h"}, 0, "c") for _ in range(50)]
+        commits = store.stats.commits
+        await reg.create_jobs(jobs)
+        assert store.stats.commits - commits <= 2
+        assert reg.by_correlation["c"] == {j.id for j in jobs}
+        assert {d["id"] for d in await store.load("job")} == {j.id for j in jobs}
+    finally:
+        await store.close()

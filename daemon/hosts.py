@@ -309,7 +309,7 @@ def _validate(name: str, address: str, port: int, pool: str, transport: str, tls
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
         raise InvalidParams(f"host {name}: port must be 1..65535, got {port!r}")
     try:
-        valid_pool = isinstance(pool, str) and str(uuid.UUID(pool)) == pool.lower()
+        valid_pool = isinstance(pool, str) and str(uuid.UUID(pool)) == pool  # VDSM: lower case
     except ValueError:
         valid_pool = False
     if not valid_pool:

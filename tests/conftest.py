@@ -39,6 +39,9 @@ TIME_SCALE = 0.005
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "sim(**options): SimConfig options of the `sim` fixture")
+    config.addinivalue_line(
+        "markers", "host_settings(**overrides): HostSettings of tests/daemon/test_hosts.py"
+    )
 
 
 def sim_config(tmp_path: Path, **options: Any) -> SimConfig:

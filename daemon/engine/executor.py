@@ -64,6 +64,7 @@ class Executor:
         self.vms = VmWatch()
         self._running: dict[str, asyncio.Task[None]] = {}
         self.committing: set[str] = set()  # jobs whose root command is in its end phase
+        self.holding: set[str] = set()  # jobs waiting for their committed cancel to land
         self._closing = False
 
     # -- submission --------------------------------------------------------------------------
@@ -233,6 +234,8 @@ class Executor:
             phase = "execute"
 
         if phase == "execute":
+            if job.status is JobStatus.CANCELLING:
+                await self.hold_for_cancel(job)  # a committed cancel: nothing new starts
             step = self.registry.add_step(job, StepType.EXECUTING, "Executing") if show else None
             if top:
                 ctx.tasks_step = step
@@ -295,6 +298,18 @@ class Executor:
         else:
             result = record.data.get("result")
         return not error, error, result
+
+    async def hold_for_cancel(self, job: Job) -> None:
+        """A cancel is committed: start nothing new. The coordinator cancels this coroutine
+        (and with it every sibling child); until then it waits here. Raising instead would
+        leave a CreateVm's sibling children running on, detached from their gather."""
+        self.holding.add(job.id)
+        try:
+            while job.status is JobStatus.CANCELLING:
+                await self.registry.wait_changed(job.id)
+        finally:
+            self.holding.discard(job.id)
+        raise CancelRequested(job.id)
 
     def _end_commands(self, job: Job, ok: bool) -> None:
         """Children a failure or restart left unfinished end with the job (never left ACTIVE)."""
@@ -387,7 +402,8 @@ class Executor:
         if task.status is TaskStatus.POLLING:
             if not task.stop_sent:
                 await host.stop_task(task.vdsm_id)
-                self.registry.set_task_status(task, TaskStatus.POLLING, stop_sent=True)
+                # its status as it is now: a poll may have seen it end while the stop was sent
+                self.registry.set_task_status(task, task.status, stop_sent=True)
             self.hosts.watch(task.pool)
             return
         if task.status in (TaskStatus.ENDED, TaskStatus.CLEARING):

@@ -23,9 +23,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from daemon import model
-from daemon.engine.cancel_rules import CancelDecision, decide
+from daemon.engine.cancel_rules import CancelDecision, decide, refuse
 from daemon.engine.command import CommandBase, task_succeeded
-from daemon.errors import DaemonError, NotFound
+from daemon.errors import DaemonError, NotFound, Unavailable
 from daemon.model import (
     CancelMode,
     CancelRecord,
@@ -36,7 +36,7 @@ from daemon.model import (
     TaskStatus,
 )
 from daemon.registry import Registry
-from daemon.vdsm.errors import UnknownTask, VdsmCallError
+from daemon.vdsm.errors import NotSpm, UnknownTask, VdsmCallError
 
 if TYPE_CHECKING:
     from daemon.engine.executor import Executor
@@ -70,6 +70,7 @@ class CancelCoordinator:
         self.deadline = deadline  # seconds a cancel may wait for unreachable hosts
         self.retry = retry
         self._runners: dict[str, asyncio.Task[None]] = {}
+        self._clearing: set[str] = set()  # jobs past their last chance to revert
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -98,6 +99,19 @@ class CancelCoordinator:
             privileged=privileged,
             existing=job.cancel,
         )
+        if (
+            decision.accept
+            and job.cancel is not None
+            and job.cancel.mode is CancelMode.STOP
+            and decision.mode is CancelMode.REVERT
+            and job.id in self._clearing
+        ):
+            decision = refuse(
+                409,
+                "too_late",
+                "the stop is already clearing its tasks: work that completed can no longer be "
+                "reverted with Task.revert; the stop completes",
+            )
         if not decision.accept:
             if decision.status >= 400:
                 raise CancelRefused(decision)
@@ -269,8 +283,9 @@ class CancelCoordinator:
                 )
             elif task.status is TaskStatus.POLLING and not task.stop_sent and task.vdsm_id:
                 vdsm_id, host = task.vdsm_id, task.host
-                await self._retrying(give_up, lambda h=host, v=vdsm_id: self._stop(h, v))
-                self.registry.set_task_status(task, TaskStatus.POLLING, stop_sent=True)
+                await self._retrying(give_up, lambda t=task: self._on_spm(t, "stop_task"))
+                # keep the status it has now: a poll may have seen it end while the stop was sent
+                self.registry.set_task_status(task, task.status, stop_sent=True)
                 cancel.actions.append(
                     {"action": "stopped", "task": vdsm_id, "host": host, "at": model.now()}
                 )
@@ -280,9 +295,20 @@ class CancelCoordinator:
         if any(task_succeeded(t) and not t.revert_sent for t in self.registry.job_tasks(job.id)):
             cancel.late = True  # some work completed before the stop arrived
 
-    async def _stop(self, host: str, vdsm_id: str) -> None:
-        with contextlib.suppress(UnknownTask):
-            await self.hosts.vdsm(host).stop_task(vdsm_id)
+    async def _on_spm(self, task: model.Task, verb: str) -> None:
+        """Task.stop/revert/clear of an SPM task, sent to the pool's SPM as it is now: the task
+        lives with the pool, and a new SPM recovers it from storage (the SPM may have moved since
+        the task started). A task the SPM does not know is gone for stop and clear."""
+        assert task.vdsm_id is not None
+        spm = await self.hosts.spm(task.pool)
+        try:
+            await getattr(self.hosts.vdsm(spm), verb)(task.vdsm_id)
+        except NotSpm:
+            self.hosts.forget_spm(task.pool)  # moved again: rediscovered on the next attempt
+            raise
+        except UnknownTask:
+            if verb == "revert_task":
+                raise
 
     async def _revert(self, job: Job, give_up: float) -> None:
         cancel = job.cancel
@@ -291,9 +317,7 @@ class CancelCoordinator:
         for task in tasks:
             if task_succeeded(task) and not task.revert_sent and task.vdsm_id:
                 vdsm_id, host = task.vdsm_id, task.host
-                await self._retrying(
-                    give_up, lambda h=host, v=vdsm_id: self.hosts.vdsm(h).revert_task(v)
-                )
+                await self._retrying(give_up, lambda t=task: self._on_spm(t, "revert_task"))
                 self.registry.set_task_status(
                     task, TaskStatus.POLLING, revert_sent=True, vdsm_result=""
                 )
@@ -313,17 +337,13 @@ class CancelCoordinator:
     async def _clear(self, job: Job, give_up: float) -> None:
         cancel = job.cancel
         assert cancel is not None
+        self._clearing.add(job.id)  # from here an escalation to revert is refused
         for task in self.registry.job_tasks(job.id):
             if task.status in (TaskStatus.ENDED, TaskStatus.CLEARING) and task.vdsm_id:
                 if task.status is TaskStatus.ENDED:
                     self.registry.set_task_status(task, TaskStatus.CLEARING)
                 vdsm_id, host = task.vdsm_id, task.host
-
-                async def clear(h: str = host, v: str = vdsm_id) -> None:
-                    with contextlib.suppress(UnknownTask):
-                        await self.hosts.vdsm(h).clear_task(v)
-
-                await self._retrying(give_up, clear)
+                await self._retrying(give_up, lambda t=task: self._on_spm(t, "clear_task"))
                 self.registry.set_task_status(task, TaskStatus.CLEARED)
                 cancel.actions.append(
                     {"action": "cleared", "task": vdsm_id, "host": host, "at": model.now()}
@@ -343,16 +363,20 @@ class CancelCoordinator:
         while True:
             try:
                 return await call()
+            except Unavailable as e:  # no SPM right now (lost, being elected)
+                if time.time() > give_up:
+                    raise _Unreachable(f"no SPM until the cancel deadline: {e.message}") from e
+                log.warning("cancel: %s; retrying in %.1fs", e, delay)
             except VdsmCallError as e:
-                if e.vdsm_code not in (5022, 99) or time.time() > give_up:
-                    if e.vdsm_code in (5022, 99):
+                if e.vdsm_code not in _RETRIED or time.time() > give_up:
+                    if e.vdsm_code in _RETRIED:
                         raise _Unreachable(
                             f"host {e.host} unreachable until the cancel deadline: {e.message}"
                         ) from e
                     raise
                 log.warning("cancel: %s; retrying in %.1fs", e, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
     async def _finish(
         self, job: Job, status: JobStatus, outcome: str, *, orphan: bool = False, error: str = ""
@@ -376,12 +400,17 @@ class CancelCoordinator:
             if step.status is StepStatus.STARTED:
                 self.registry.end_step(step, StepStatus.ABORTED)
         self.registry.release_locks(job.id)
+        self._clearing.discard(job.id)
         cancel.outcome, cancel.ended_at = outcome, model.now()
         if job.status is JobStatus.CANCELLING:
             await self.registry.set_job_status(
                 job, status, error=error or f"cancelled ({cancel.mode.value}): {cancel.reason}"
             )
         log.info("job %s [%s]: cancel ended %s (%s)", job.id, job.correlation_id, status, outcome)
+
+
+# unreachable (client side), VDSM starting, not SPM (moved): retried until the cancel deadline
+_RETRIED = (5022, 99, 654)
 
 
 class _Unreachable(Exception):

@@ -24,6 +24,7 @@ from daemon.model import (
     CancelMode,
     Command,
     Job,
+    JobStatus,
     LockKind,
     Step,
     StepType,
@@ -146,6 +147,12 @@ class CommandBase:
         spm = await self.ctx.hosts.spm(pool)
         task = Task(new_id(), self.job.id, self.record.id, spm, pool, verb)
         await self.registry.add_task(task)  # committed before the verb leaves
+        if self.job.status is JobStatus.CANCELLING:
+            # the cancel's intent committed meanwhile: the verb is never sent
+            self.registry.set_task_status(
+                task, TaskStatus.LOST, message="not sent: a cancel was committed first"
+            )
+            await self.ctx.executor.hold_for_cancel(self.job)
         submit = asyncio.ensure_future(self._submit(task, send))
         try:
             await asyncio.shield(submit)

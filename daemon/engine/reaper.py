@@ -66,6 +66,9 @@ class Reaper:
             record = ReapRecord(task.host, task.vdsm_id, time.monotonic(), task.stop_sent)
             if await self._reap(record):
                 self.registry.set_task_status(task, TaskStatus.CLEARED)
+            elif record.stop_sent and not task.stop_sent:
+                # remembered, so the next round waits for the rollback instead of stopping again
+                self.registry.set_task_status(task, TaskStatus.ORPHAN, stop_sent=True)
 
     async def _reap(self, record: ReapRecord) -> bool:
         """Stop then clear one task; returns True once it is gone from its host."""

@@ -55,6 +55,7 @@ class PoolPoller:
         self.failures = 0  # consecutive failed ticks
         self.last_poll = 0.0  # monotonic start of the previous call
         self.last_poll_seconds = 0.0  # how long the previous good call took
+        self.last_spm: str | None = None  # the host the previous good report came from
 
     def poke(self) -> None:
         self.wake.set()
@@ -124,6 +125,9 @@ class PoolPoller:
         self.last_poll_seconds = time.monotonic() - self.last_poll
         self.polls += 1
         manager.polls[pool] = manager.polls.get(pool, 0) + 1
+        if spm != self.last_spm:
+            self.misses.clear()  # a new SPM: misses seen on the old one prove nothing here
+            self.last_spm = spm
         self.apply(spm, reports, expected)
         return True
 

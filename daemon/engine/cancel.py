@@ -247,6 +247,12 @@ class CancelCoordinator:
                 error=f"cancel could not complete: {e}",
             )
             return
+        except Exception as e:  # a bug: the job must still end, never stay CANCELLING
+            log.exception("job %s: cancel failed unexpectedly", job.id)
+            await self._finish(
+                job, JobStatus.FAILED, "failed", orphan=True, error=f"cancel failed: {e!r}"
+            )
+            return
         outcome = "reverted" if cancel.mode is CancelMode.REVERT else "stopped"
         await self._finish(job, JobStatus.ABORTED, outcome)
 

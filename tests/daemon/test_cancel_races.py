@@ -563,3 +563,30 @@ async def test_force_escalates_a_cancel_stuck_on_a_down_host(tmp_path: Path) -> 
         assert s.daemon.registry.job_locks(job.id) == []
         spm.faults.clear()
         spm.gate.open()
+
+
+@pytest.mark.parametrize("mode", [STOP, REVERT])
+async def test_copy_committed_just_before_the_stop(tmp_path: Path, mode: CancelMode) -> None:
+    """The copy's work is done (held at the gate) when Task.stop arrives: image.move commits it
+    and the task still ends cleanSuccess/411. Stop keeps it; revert must delete it — Task.revert
+    cannot (image.move dropped its rollbacks), so CopyDisk compensates with Image.delete."""
+    async with running_stack(tmp_path) as s:
+        image = str(uuid.uuid4())
+        made = await s.wait_job(await s.submit("CreateDisk", disk(s, image=image)))
+        assert made.status is JobStatus.FINISHED
+        spm = s.sim.cluster.hosts[spm_host(s)]
+        spm.gate.hold()
+        job = await s.submit(
+            "CopyDisk",
+            {"pool": s.pool, "domain": s.domains[0], "image": image, "dst_domain": s.domains[1]},
+        )
+        await until_sim(lambda: len(spm.gate.held()) == 1)
+        await cancel(s, job, mode)
+        reg = s.daemon.registry
+        await until(s, job.id, lambda: all(t.stop_sent for t in reg.job_tasks(job.id)))
+        spm.gate.open()
+        job = await ended(s, job, JobStatus.ABORTED, "reverted" if mode is REVERT else "stopped")
+        dst = s.sim.cluster.storage.pools[s.pool].domains[s.domains[1]]
+        copies = [v for v in dst.volumes.values() if v.image == image and not v.removing]
+        assert bool(copies) is (mode is STOP), copies
+        all_clear(s)

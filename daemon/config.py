@@ -47,6 +47,7 @@ class RetentionSection:
     finished_minutes: float = 10.0  # FINISHED jobs are purged after this (the engine's default)
     failed_minutes: float = 60.0  # FAILED and ABORTED jobs are purged after this
     housekeeping_seconds: float = 60.0  # how often purge and the orphan reaper run
+    orphan_grace_seconds: float = 30.0  # an unknown task on an SPM is left alone this long
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class PollingSection:
     fast_interval: float = 0.2  # seconds between task polls while a pool has young tasks
     idle_interval: float = 5.0  # the interval polling backs off to when nothing is young
     young_seconds: float = 30.0  # a task is young (polled fast) for this long after it starts
-    missing_grace: float = 10.0  # seconds a known task may be missing from good reports
+    missing_grace: int = 3  # good SPM reports a known task may be missing from before it is LOST
     monitor_interval: float = 2.0  # seconds between monitor calls per host
     failures_before_non_responsive: int = 3  # missed monitor calls before NON_RESPONSIVE
     call_timeout: float = 180.0  # seconds a VDSM call may take (the engine's vdsTimeout)
@@ -223,7 +224,7 @@ def _polling(source: str, table: dict[str, Any]) -> PollingSection:
         if k == "failures_before_non_responsive":
             values[k] = _integer(w, k, v, 1, 1000)
         elif k == "missing_grace":
-            values[k] = _number(w, k, v, strict=False)
+            values[k] = _integer(w, k, v, 1, 1000)
         else:
             values[k] = _number(w, k, v)
     polling = PollingSection(**values)

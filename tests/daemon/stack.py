@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ FAST_POLLING = PollingSection(
     fast_interval=0.02,
     idle_interval=0.2,
     young_seconds=30.0,
-    missing_grace=1.0,
+    missing_grace=3,
     monitor_interval=0.1,
     failures_before_non_responsive=2,
     call_timeout=5.0,
@@ -69,6 +69,21 @@ def daemon_config(db: Path, hosts: list[HostEntry]) -> Config:
     )
 
 
+async def start_sim(hosts: int = 3, **sim_options: Any) -> Simulator:
+    """A started simulator with a port per host and millisecond tasks (stop it yourself)."""
+    options: dict[str, Any] = {
+        "time_scale": 0.005,
+        "task_seconds": 1.0,
+        "task_distribution": "fixed",
+        "recovering_seconds": 1.0,
+    }
+    options.update(sim_options)
+    cluster = SimConfig(hosts=hosts, **options)
+    sim = Simulator(Settings(ServerConfig(port=0, port_per_host=True), cluster))
+    await sim.start()
+    return sim
+
+
 @asynccontextmanager
 async def running_stack(
     tmp_path: Path,
@@ -77,20 +92,14 @@ async def running_stack(
     db: Path | None = None,
     sim: Simulator | None = None,
     api: bool = False,
+    configure: Callable[[Config], Config] | None = None,
     **sim_options: Any,
 ) -> AsyncIterator[Stack]:
+    """A daemon on `db` (default: tmp_path/taskmgrd.db) and a simulator (`sim`, or a new one
+    stopped at the end); `configure` may change the daemon's Config before it starts."""
     own_sim = sim is None
     if sim is None:
-        cluster = SimConfig(
-            hosts=hosts,
-            time_scale=0.005,
-            task_seconds=1.0,
-            task_distribution="fixed",
-            recovering_seconds=1.0,
-            **sim_options,
-        )
-        sim = Simulator(Settings(ServerConfig(port=0, port_per_host=True), cluster))
-        await sim.start()
+        sim = await start_sim(hosts, **sim_options)
     pool = next(iter(sim.cluster.storage.pools.values()))
     entries = [
         HostEntry(name, "127.0.0.1", port, pool.uuid)
@@ -98,6 +107,8 @@ async def running_stack(
     ]
     db = db or tmp_path / "taskmgrd.db"
     config = daemon_config(db, entries).with_overrides(socket=tmp_path / "api.sock")
+    if configure is not None:
+        config = configure(config)
     daemon = Daemon(config)
     await daemon.start(api=api)
     try:

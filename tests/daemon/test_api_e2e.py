@@ -32,9 +32,14 @@ async def test_submit_and_follow_a_disk_job_over_the_socket(tmp_path: Path) -> N
             job: dict[str, Any] = await resp.json()
             assert job["owner"] == os.getuid()
             async with asyncio.timeout(20):
-                while job["status"] not in ("FINISHED", "FAILED", "ABORTED"):
+                # the registry is checked, not the last answer: no wakeup can be lost
+                while s.daemon.registry.jobs[job["id"]].status.value not in (
+                    "FINISHED",
+                    "FAILED",
+                    "ABORTED",
+                ):
                     await s.daemon.registry.wait_changed(job["id"])
-                    job = await (await http.get(f"{API}/jobs/{job['id']}")).json()
+            job = await (await http.get(f"{API}/jobs/{job['id']}")).json()
             assert job["status"] == "FINISHED", job["error"]
             assert job["result"]["volume"] in s.volumes()
             assert [t["status"] for t in job["tasks"]] == ["CLEARED"]

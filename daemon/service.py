@@ -44,7 +44,7 @@ class Daemon:
         self.registry = Registry(self.store, self.events)
         self.hosts = HostManager(self.registry, settings=config.host_settings())
         self.executor = Executor(self.registry, self.hosts, dict(ACTIONS))
-        self.reaper = Reaper(self.registry, self.hosts)
+        self.reaper = Reaper(self.registry, self.hosts, grace=config.retention.orphan_grace_seconds)
         self.cancels = CancelCoordinator(self.registry, self.hosts, self.executor)
         self._api: Any = None
         self._background: list[asyncio.Task[None]] = []
@@ -125,6 +125,9 @@ class Daemon:
             try:
                 await self.purge()
                 await self.reaper.reap_orphans()
+                # One poll of every pool, even with nothing watched: tasks no record owns (a
+                # verb whose reply died with the previous process) reach the reaper this way.
+                self.hosts.sweep()
             except Exception:  # housekeeping must never take the daemon down
                 log.exception("housekeeping failed")
 

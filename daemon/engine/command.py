@@ -189,7 +189,8 @@ class CommandBase:
             external_id=vdsm_id,
             host=task.host,
         )
-        self.registry.set_task_status(task, TaskStatus.POLLING, step_id=step.id)
+        # not POLLING: a fast task may have been reported ENDED while its id was committed
+        self.registry.set_task_status(task, task.status, step_id=step.id)
         self.ctx.hosts.watch(task.pool)
 
     async def wait_tasks(self) -> None:

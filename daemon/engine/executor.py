@@ -34,10 +34,11 @@ from daemon.model import (
     new_id,
 )
 from daemon.registry import LockConflict, Registry
-from daemon.vdsm.errors import UnknownTask, VdsmCallError
+from daemon.vdsm.errors import NotSpm, UnknownTask, VdsmCallError
 
 if TYPE_CHECKING:
     from daemon.hosts import HostManager
+    from daemon.vdsm.verbs import VdsmHost
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,8 @@ class Executor:
             root.data.get("phase"),
         )
         try:
+            if root.data.get("interrupted") and root.data.get("phase") == "end":
+                await self._stop_running(job)
             ok, error, result = await self.run_command(ctx, root, top=True)
         except asyncio.CancelledError:
             raise  # the cancel coordinator (or shutdown) owns the rest
@@ -353,10 +356,13 @@ class Executor:
     # -- settling: every task cleared or orphaned before the job ends ---------------------------
 
     async def settle(self, job: Job, *, deadline: float = 300.0) -> None:
-        """Stop what still runs, wait for it, clear everything; orphan what cannot be reached."""
+        """Stop what still runs, wait for it, clear everything; orphan what cannot be reached.
+
+        Returns as soon as the last task is settled (no trailing retry pause); a round that
+        could not reach a host is retried after `settle_retry`, or at the next task report.
+        """
         give_up = time.monotonic() + deadline
         while True:
-            pending = False
             for task in self.registry.job_tasks(job.id):
                 if task.status in model.TASK_SETTLED or task.status is TaskStatus.ORPHAN:
                     continue
@@ -367,10 +373,9 @@ class Executor:
                         message="creating verb's outcome unknown; any task it made is reaped",
                     )
                     continue
-                pending = True
                 try:
                     await self._settle_task(task)
-                except VdsmCallError as e:
+                except (VdsmCallError, DaemonError) as e:  # host down, no SPM: retried
                     log.warning(
                         "job %s [%s]: settling task %s on %s: %s",
                         job.id,
@@ -379,26 +384,58 @@ class Executor:
                         task.host,
                         e,
                     )
-            if not pending:
+            unsettled = [
+                t
+                for t in self.registry.job_tasks(job.id)
+                if t.status not in model.TASK_SETTLED and t.status is not TaskStatus.ORPHAN
+            ]
+            if not unsettled:
                 return
             if time.monotonic() > give_up:
-                for task in self.registry.job_tasks(job.id):
-                    if (
-                        task.status not in model.TASK_SETTLED
-                        and task.status is not TaskStatus.ORPHAN
-                    ):
-                        self.registry.set_task_status(task, TaskStatus.ORPHAN)
+                for task in unsettled:
+                    self.registry.set_task_status(task, TaskStatus.ORPHAN)
                 return
-            if any(t.status is TaskStatus.POLLING for t in self.registry.job_tasks(job.id)):
+            if any(t.status is TaskStatus.POLLING for t in unsettled):
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.settle_retry):
                         await self.registry.wait_changed(job.id)
             else:
                 await asyncio.sleep(self.settle_retry)
 
+    async def _stop_running(self, job: Job) -> None:
+        """Task.stop to every task an interrupted execute left running, before its end runs:
+        its end_with_failure (a revert, say) must not wait for work nobody wants any more.
+        A host that cannot be reached now is retried by `settle`."""
+        for task in self.registry.job_tasks(job.id):
+            if task.status is TaskStatus.POLLING and not task.stop_sent:
+                try:
+                    await self._settle_task(task)
+                except (VdsmCallError, DaemonError) as e:
+                    log.warning("job %s: stopping task %s: %s", job.id, task.vdsm_id, e)
+
+    async def _task_host(self, task: model.Task) -> VdsmHost:
+        """Where a task's verbs go: the pool's current SPM (SPM tasks move with the role)."""
+        spm = await self.hosts.spm(task.pool)
+        if spm != task.host:
+            log.info(
+                "job %s: task %s was started on %s; the pool's SPM is now %s",
+                task.job_id,
+                task.vdsm_id,
+                task.host,
+                spm,
+            )
+        return self.hosts.vdsm(spm)
+
     async def _settle_task(self, task: model.Task) -> None:
         assert task.vdsm_id is not None
-        host = self.hosts.vdsm(task.host)
+        try:
+            await self._settle_on(task, await self._task_host(task))
+        except NotSpm:
+            self.hosts.forget_spm(task.pool)  # the role moved: the next round asks again
+            raise
+
+    async def _settle_on(self, task: model.Task, host: VdsmHost) -> None:
+        assert task.vdsm_id is not None
         if task.status is TaskStatus.POLLING:
             if not task.stop_sent:
                 await host.stop_task(task.vdsm_id)
@@ -441,7 +478,18 @@ class Executor:
                 for cmd in self.registry.commands.get(job.id, {}).values():
                     if cmd.status is CommandStatus.ACTIVE:
                         self.registry.set_command_status(cmd, CommandStatus.EXECUTION_FAILED)
-                await self._phase(root, "end", error="execution interrupted by a daemon restart")
+                await self._phase(
+                    root,
+                    "end",
+                    error="execution interrupted by a daemon restart",
+                    interrupted=True,
+                )
+            # Whatever phase resumes (an end that reverts, a wait, a settle) hears of its
+            # running tasks only through the poller, which nothing else starts after a restart.
+            for pool in {
+                t.pool for t in self.registry.job_tasks(job.id) if t.status is TaskStatus.POLLING
+            }:
+                self.hosts.watch(pool)
             self.start_job(job)
             resumed.append(job.id)
         return resumed

@@ -13,6 +13,7 @@ from daemon.engine.command import CommandBase, CommandFailed
 from daemon.engine.policy import ActionSpec, CancelPolicy, Param
 from daemon.errors import Conflict, NotFound
 from daemon.model import HostStatus, LockKind, new_id
+from daemon.vdsm.errors import VdsmCallError
 
 
 class CreateVm(CommandBase):
@@ -83,6 +84,21 @@ class CreateVm(CommandBase):
 
     async def end_action(self) -> dict[str, Any]:
         return {"vm": self.data("vm"), "host": self.params["host"], "disks": self.data("disks")}
+
+    async def compensate(self) -> list[str]:
+        """Revert: destroy the VM if VM.create reached the host (also when the cancel landed
+        while the verb was in flight, so `vm_created` was never remembered); its disks are
+        reverted by the coordinator (Task.revert). Idempotent: an absent VM is left alone."""
+        vm = self.data("vm")
+        if not vm:
+            return []
+        try:
+            await self.vdsm(self.params["host"]).destroy_vm(vm)
+        except VdsmCallError as e:
+            if e.vdsm_code != 1:  # noVM: it was never created, or is already gone
+                raise
+            return []
+        return [f"VM {vm} destroyed on {self.params['host']}"]
 
     async def end_with_failure(self) -> None:
         """Destroy the VM if it was created, then revert the disks' createVolume tasks."""

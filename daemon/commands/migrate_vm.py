@@ -122,6 +122,7 @@ class MigrateVm(CommandBase):
             copies = self.ctx.executor.vms.where(vm)
             if dst in copies and copies[dst].status == "Up":
                 self._end(StepStatus.FINISHED)
+                await self.remember(completed_before_cancel=True)  # the cancel came late
                 return ["migration completed before the cancel (VM on destination)"]
             stats = await self.vdsm(src).migration_status(vm)
             code = int(stats.get("status", {}).get("code", 0) or 0)

@@ -278,6 +278,8 @@ class CancelCoordinator:
             if command.record.status in model.COMMAND_TERMINAL:
                 continue
             done = await self._retrying(give_up, lambda c=command: c.on_cancel(cancel.mode))
+            if command.record.data.get("completed_before_cancel"):
+                cancel.late = True  # its work completed before the cancel reached it
             for what in done:
                 cancel.actions.append(
                     {"action": what, "command": command.record.id, "at": model.now()}

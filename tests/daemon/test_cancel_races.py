@@ -590,3 +590,22 @@ async def test_copy_committed_just_before_the_stop(tmp_path: Path, mode: CancelM
         copies = [v for v in dst.volumes.values() if v.image == image and not v.removing]
         assert bool(copies) is (mode is STOP), copies
         all_clear(s)
+
+
+@pytest.mark.xfail(strict=True, reason="open: MigrateVm has no compensation to migrate back")
+async def test_revert_of_a_completed_migration(tmp_path: Path) -> None:
+    """A migration that completed before the revert reached it: revert promises every VM where
+    it started, so the VM must be migrated back to its source."""
+    async with running_stack(tmp_path) as s:
+        vm = s.sim.cluster.fleet.add_vm(str(uuid.uuid4()), "small", "host3", memory_mb=512)
+        job = await s.submit("MigrateVm", {"vm": vm.vm_id, "dst_host": "host2"})
+        await until_sim(
+            lambda: getattr(s.sim.cluster.fleet.get(vm.vm_id, "host2"), "status", "") == "Up"
+        )
+        try:
+            await cancel(s, job, REVERT)
+        except CancelRefused:
+            pytest.fail("the job was already past its point of no return (harness too slow)")
+        job = await ended(s, job, JobStatus.ABORTED, "reverted")
+        assert job.cancel is not None and job.cancel.late
+        assert getattr(s.sim.cluster.fleet.get(vm.vm_id, "host3"), "status", "") == "Up"

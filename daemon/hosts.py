@@ -48,7 +48,7 @@ class HostSettings:
     fast_interval: float = 0.2  # s between task polls while tasks are young or a cancel is pending
     idle_interval: float = 5.0  # s: the slowest task poll (the engine polls every 10 s)
     young_seconds: float = 30.0  # s a task counts as young (polled fast) after it starts
-    missing_grace: float = 3  # consecutive good reports a POLLING task may be missing from
+    missing_grace: int = 3  # consecutive good reports a POLLING task may be missing from
     monitor_interval: float = 2.0  # s between monitor calls per host
     failures_before_non_responsive: int = 3  # consecutive monitor failures before NON_RESPONSIVE
     call_timeout: float = 180.0  # s per VDSM call (the engine's vdsTimeout)

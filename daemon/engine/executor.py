@@ -117,24 +117,15 @@ class Executor:
             except DaemonError as e:
                 raise type(e)(f"batch[{i}]: {e.message}") from None
         correlation_id = correlation_id or new_id()
-        jobs = [
-            await self._create(name, clean, owner, correlation_id, None, start=False)
-            for name, clean in checked
-        ]
+        self._check_tags(correlation_id, None)
+        jobs = [self._new_job(name, clean, owner, correlation_id, None) for name, clean in checked]
+        await self.registry.create_jobs(jobs)  # one group commit for the whole batch
         for job in jobs:
             self.start_job(job)
         return jobs
 
-    async def _create(
-        self,
-        action: str,
-        params: dict[str, Any],
-        owner: int,
-        correlation_id: str | None,
-        description: str | None,
-        *,
-        start: bool = True,
-    ) -> Job:
+    @staticmethod
+    def _check_tags(correlation_id: object, description: object) -> None:
         if correlation_id is not None and (
             not isinstance(correlation_id, str) or not 0 < len(correlation_id) <= 50
         ):
@@ -143,6 +134,16 @@ class Executor:
             not isinstance(description, str) or len(description) > 4096
         ):
             raise InvalidParams("description must be a string of at most 4096 characters")
+
+    def _new_job(
+        self,
+        action: str,
+        params: dict[str, Any],
+        owner: int,
+        correlation_id: str | None,
+        description: str | None,
+    ) -> Job:
+        """A job and its root command, the command queued for the job's commit."""
         job = Job(
             new_id(),
             action,
@@ -155,6 +156,20 @@ class Executor:
         root.root_id = root.id
         root.data["phase"] = "validate"
         self.registry.add_command(root)
+        return job
+
+    async def _create(
+        self,
+        action: str,
+        params: dict[str, Any],
+        owner: int,
+        correlation_id: str | None,
+        description: str | None,
+        *,
+        start: bool = True,
+    ) -> Job:
+        self._check_tags(correlation_id, description)
+        job = self._new_job(action, params, owner, correlation_id, description)
         await self.registry.create_job(job)  # the command commits in the same batch
         if start:
             self.start_job(job)

@@ -215,7 +215,9 @@ class CommandBase:
         the rollbacks — the engine's revertTasks."""
         for task in sorted(self.tasks(descendants=True), key=lambda t: t.created_at, reverse=True):
             if task_succeeded(task) and task.vdsm_id and not task.revert_sent:
-                await self.vdsm(task.host).revert_task(task.vdsm_id)
+                # SPM tasks move with the role: the pool's current SPM holds the task now
+                spm = await self.ctx.hosts.spm(task.pool)
+                await self.vdsm(spm).revert_task(task.vdsm_id)
                 self.registry.set_task_status(
                     task, TaskStatus.POLLING, revert_sent=True, vdsm_result=""
                 )

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from daemon.errors import DaemonError
 from daemon.model import TaskStatus
 from daemon.registry import Registry
 from daemon.vdsm.errors import UnknownTask, VdsmCallError
@@ -63,7 +64,14 @@ class Reaper:
         for task in list(self.registry.tasks.values()):
             if task.status is not TaskStatus.ORPHAN or not task.vdsm_id:
                 continue
-            record = ReapRecord(task.host, task.vdsm_id, time.monotonic(), task.stop_sent)
+            try:
+                host = await self.hosts.spm(task.pool)  # SPM tasks move with the role
+            except DaemonError as e:
+                log.info(
+                    "reaper: task %s of pool %s waits for an SPM: %s", task.vdsm_id, task.pool, e
+                )
+                continue
+            record = ReapRecord(host, task.vdsm_id, time.monotonic(), task.stop_sent)
             if await self._reap(record):
                 self.registry.set_task_status(task, TaskStatus.CLEARED)
             elif record.stop_sent and not task.stop_sent:

@@ -133,6 +133,35 @@ class MigrateVm(CommandBase):
                 async with asyncio.timeout(0.5):
                     await self.ctx.executor.vms.wait_for(vm, lambda c: dst in c)
 
+    async def compensate(self) -> list[str]:
+        """Under revert, a migration that completed before the cancel is undone by migrating
+        the VM back: revert promises every VM where it started."""
+        if not self.data("completed_before_cancel") or self.data("migrated_back"):
+            return []
+        vm, src, dst = self.params["vm"], self.data("src"), self.params["dst_host"]
+        back = self.registry.hosts[src]
+        with contextlib.suppress(VdsmCallError):
+            await self.vdsm(src).destroy_vm(vm)  # the Down copy VDSM left on the source
+        await self.vdsm(dst).migrate_vm(vm, f"{back.address}:{back.port}")
+        while True:
+            copies = self.ctx.executor.vms.where(vm)
+            if src in copies and copies[src].status == "Up":
+                break
+            status = await self.vdsm(dst).migration_status(vm)
+            code = int(status.get("status", {}).get("code", 0) or 0)
+            if code:
+                message = status.get("status", {}).get("message", "migration failed")
+                raise CommandFailed(f"migrating {vm} back to {src} failed: [{code}] {message}")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await self.ctx.executor.vms.wait_for(
+                        vm, lambda c: src in c and c[src].status == "Up"
+                    )
+        with contextlib.suppress(VdsmCallError):
+            await self.vdsm(dst).destroy_vm(vm)
+        await self.remember(migrated_back=True)
+        return [f"VM {vm} migrated back to {src}"]
+
     def _end(self, status: StepStatus) -> None:
         step = self._step()
         if step is not None and step.status is StepStatus.STARTED:

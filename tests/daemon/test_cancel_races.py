@@ -592,7 +592,11 @@ async def test_copy_committed_just_before_the_stop(tmp_path: Path, mode: CancelM
         all_clear(s)
 
 
-@pytest.mark.xfail(strict=True, reason="open: MigrateVm has no compensation to migrate back")
+@pytest.mark.xfail(
+    strict=False,
+    reason="harness is timing-dependent: the daemon often sees the VM Up on the destination "
+    "and commits before the cancel; needs a simulator hook that holds a migration's completion",
+)
 async def test_revert_of_a_completed_migration(tmp_path: Path) -> None:
     """A migration that completed before the revert reached it: revert promises every VM where
     it started, so the VM must be migrated back to its source."""

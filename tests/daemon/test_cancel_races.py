@@ -592,24 +592,32 @@ async def test_copy_committed_just_before_the_stop(tmp_path: Path, mode: CancelM
         all_clear(s)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="harness is timing-dependent: the daemon often sees the VM Up on the destination "
-    "and commits before the cancel; needs a simulator hook that holds a migration's completion",
-)
 async def test_revert_of_a_completed_migration(tmp_path: Path) -> None:
     """A migration that completed before the revert reached it: revert promises every VM where
-    it started, so the VM must be migrated back to its source."""
+    it started, so the VM is migrated back to its source.
+
+    Deterministic: the destination is cut off from the daemon while the migration finishes, so
+    the daemon cannot have seen the completion when the cancel is accepted."""
     async with running_stack(tmp_path) as s:
         vm = s.sim.cluster.fleet.add_vm(str(uuid.uuid4()), "small", "host3", memory_mb=512)
         job = await s.submit("MigrateVm", {"vm": vm.vm_id, "dst_host": "host2"})
         await until_sim(
+            lambda: (
+                getattr(s.sim.cluster.fleet.get(vm.vm_id, "host3"), "status", "")
+                == "Migration Source"
+            )
+        )
+        dst = s.sim.cluster.hosts["host2"]
+        dst.faults.settings.update({"down": True})
+        assert s.sim.server is not None
+        s.sim.server.disconnect_host("host2")
+        await until_sim(
             lambda: getattr(s.sim.cluster.fleet.get(vm.vm_id, "host2"), "status", "") == "Up"
         )
-        try:
-            await cancel(s, job, REVERT)
-        except CancelRefused:
-            pytest.fail("the job was already past its point of no return (harness too slow)")
+        await cancel(s, job, REVERT)  # accepted: the daemon has not seen the VM on host2
+        dst.faults.clear()  # the daemon now learns the migration had completed
         job = await ended(s, job, JobStatus.ABORTED, "reverted")
         assert job.cancel is not None and job.cancel.late
+        assert any("migrated back" in a["action"] for a in job.cancel.actions)
         assert getattr(s.sim.cluster.fleet.get(vm.vm_id, "host3"), "status", "") == "Up"
+        assert getattr(s.sim.cluster.fleet.get(vm.vm_id, "host2"), "status", "") != "Up"

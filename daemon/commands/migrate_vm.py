@@ -40,8 +40,8 @@ class MigrateVm(CommandBase):
         "Live-migrate a VM to another host",
         {"vm": Param("uuid"), "dst_host": Param("name", description="destination host")},
         CancelPolicy(
-            notes="cancelled with VM.migrateCancel: the VM stays Up on its source; once the VM "
-            "runs on the destination the migration is complete and a cancel comes too late",
+            notes="cancelled with VM.migrateCancel: the VM stays Up on its source; a migration "
+            "that completed before the cancel is kept under stop and migrated back under revert",
         ),
     )
     hidden = False  # as a child of SetHostMaintenance its steps show

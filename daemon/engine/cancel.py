@@ -70,6 +70,7 @@ class CancelCoordinator:
         self.deadline = deadline  # seconds a cancel may wait for unreachable hosts
         self.retry = retry
         self._runners: dict[str, asyncio.Task[None]] = {}
+        self._cleanups: dict[str, asyncio.Future[None]] = {}  # shielded, so tracked apart
         self._clearing: set[str] = set()  # jobs past their last chance to revert
 
     # -- requests ----------------------------------------------------------------------------
@@ -179,12 +180,15 @@ class CancelCoordinator:
         return resumed
 
     async def close(self) -> None:
-        runners = list(self._runners.values())
-        for runner in runners:
-            runner.cancel()
-        for runner in runners:
+        """Shutdown: stop every cancel where it is; each resumes from its committed state after
+        the next start (rule 6), so the shielded cleanups are stopped too, before the store
+        closes under them."""
+        tasks = [*self._runners.values(), *self._cleanups.values()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await runner
+                await task
 
     async def wait(self, job_id: str) -> None:
         runner = self._runners.get(job_id)
@@ -209,6 +213,8 @@ class CancelCoordinator:
         for pool in {t.pool for t in self.registry.job_tasks(job.id)}:
             self.hosts.boost(pool)
         cleanup = asyncio.ensure_future(self._cleanup(job))
+        self._cleanups[job.id] = cleanup
+        cleanup.add_done_callback(lambda _: self._cleanups.pop(job.id, None))
         try:
             await asyncio.shield(cleanup)  # cleanup that awaits is shielded (prior-art §5)
         except asyncio.CancelledError:

@@ -221,3 +221,32 @@ async def test_a_task_whose_reply_was_lost_is_reaped_after_restart(tmp_path: Pat
             await until(lambda: sim_clean(s))
             reaped = [r.vdsm_id for r in s.daemon.reaper.reaped]
             assert len(reaped) == 1
+
+
+async def test_restart_mid_cancel_carries_the_cancel_to_its_end(tmp_path: Path) -> None:
+    """DESIGN.md rule 6: a committed cancel is reloaded and finished; nothing is re-decided."""
+    async with simulator() as sim:
+        gate = sim.cluster.hosts[spm_of(sim)].gate
+        gate.hold()
+        volume = str(uuid.uuid4())
+        async with running_stack(tmp_path, sim=sim) as s:
+            job = await s.submit("CreateDisk", disk(s, volume=volume))
+            await until(lambda: len(gate.held()) == 1)
+            reg = s.daemon.registry
+            await until(lambda: any(t.vdsm_id for t in reg.job_tasks(job.id)))
+            await s.daemon.cancels.cancel(job.id, reason="restart test", requester=1000)
+            await until(lambda: all(t.stop_sent for t in reg.job_tasks(job.id)))
+            assert reg.jobs[job.id].status is JobStatus.CANCELLING
+        async with running_stack(tmp_path, sim=sim) as s:
+            job = restarted(s, job)
+            assert job.status is JobStatus.CANCELLING
+            assert job.cancel is not None and job.cancel.reason == "restart test"
+            gate.open()  # the stopped job ends on the host; VDSM rolls it back
+            job = await s.wait_job(job)
+            assert job.status is JobStatus.ABORTED, job.error
+            assert job.cancel is not None and job.cancel.outcome == "stopped"
+            stops = [a for a in job.cancel.actions if a["action"] == "stopped"]
+            assert len(stops) == 1  # not re-sent after the restart
+            assert volume not in s.volumes()
+            assert s.daemon.registry.job_locks(job.id) == []
+            assert sim_clean(s)

@@ -1,0 +1,359 @@
+"""Cancel latency (issue 4): 1,000 running jobs of three VDSM tasks each over 50 pools, all
+cancelled at once; how long from the cancel request to the job ABORTED, under stop and revert,
+against a baseline of the same jobs left to finish on their own (all the engine offers).
+
+Set-up, per phase (stop, revert, baseline; each on a fresh simulator and database):
+
+1. ``vdsm-sim --hosts P --pools P --time-scale 1 --task-seconds T --task-distribution fixed`` in
+   its own process (every host SPM of its own pool; enough storage workers that every task runs
+   at once instead of queueing behind VDSM's default 10).
+2. A ``Daemon`` (daemon.service) in this process on a temp SQLite (synchronous=FULL, the
+   default), the P hosts from its config, default polling.
+3. N ``CreateVm`` jobs, round-robin over the pools, each with three disks in its pool and its VM
+   on the pool's SPM host: three ``CreateDisk`` children, three ``Volume.create`` tasks. They are
+   submitted as one batch (``executor.submit_batch``); the phase waits until all 3N tasks are
+   POLLING in the daemon (and checks that none has finished yet: T is long).
+4. stop / revert: every job is cancelled at once (``Daemon.cancels.cancel(job_id, mode=...)``,
+   N concurrent calls). Latency = the job's ``ended_at`` (set when it becomes ABORTED) minus the
+   wall time its cancel request started (both ``time.time()``). Also reported: the time until
+   the request was acknowledged (the intent committed, as the API would answer).
+   baseline: nothing is cancelled; latency = the job's ``ended_at`` (FINISHED) minus the moment
+   all tasks were running, i.e. the remaining task duration plus completion.
+5. Checked, not assumed: every job ABORTED (FINISHED for the baseline) with its three tasks
+   CLEARED; the simulator's own task tables (``/_control/tasks``) empty on every host; under
+   revert no volume left in any pool beyond those it started with.
+
+Prints p50/p90/p99/max per phase and PASS/FAIL against p99 <= 1 s for stop and revert; exits
+non-zero only with ``--check`` (or when a correctness check fails).
+
+    python bench/cancel_latency.py            # 50 pools, 1,000 jobs x 3 tasks of 60 s
+    python bench/cancel_latency.py --quick    # 10 pools, 100 jobs x 3 tasks of 5 s
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import math
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchlib import (
+    ADDRESS,
+    SimProcess,
+    control,
+    cpu_seconds,
+    machine,
+    percentile,
+    run_loop,
+)
+
+from daemon import model
+from daemon.config import HostEntry, PollingSection, load_config
+from daemon.model import CancelMode, Job, JobStatus, TaskStatus
+from daemon.service import Daemon
+
+TARGET_P99_S = 1.0
+TASKS_PER_JOB = 3
+RAMP_TIMEOUT = 300.0
+END_TIMEOUT = 300.0
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    jobs: int
+    pools: int
+    task_seconds: float
+    ramp_s: float  # submit -> all tasks POLLING
+    remaining_s: float  # task duration left when the phase's clock started
+    ended_ok: int
+    wrong: int
+    p50_s: float
+    p90_s: float
+    p99_s: float
+    max_s: float
+    ack_p50_s: float = float("nan")  # cancel request -> intent committed (the API's answer)
+    ack_p99_s: float = float("nan")
+    daemon_cpu_s: float = 0.0  # CPU seconds of this process from the clock's start to the end
+    sim_tasks_left: int = 0
+    volumes_left: int = 0  # revert: volumes beyond those the pools started with
+    errors: list[str] = field(default_factory=list)
+
+
+def daemon_config(db: Path, port: int, topology: dict[str, Any]) -> Any:
+    entries = [
+        HostEntry(p["spm"], ADDRESS, port, p["id"])
+        for p in sorted(topology["pools"], key=lambda p: int(p["spm"].removeprefix("host")))
+    ]
+    config = load_config(None).with_overrides(db=db, socket=db.parent / "api.sock")
+    return dataclasses.replace(config, polling=PollingSection(), hosts=tuple(entries))
+
+
+async def volume_count(port: int, pools: list[str]) -> int:
+    counts = await asyncio.gather(
+        *(control(port, "GET", f"/_control/pools/{p}/volumes") for p in pools)
+    )
+    return sum(len(c) for c in counts)
+
+
+async def wait_until(daemon: Daemon, done: Any, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if done():
+            return True
+        await asyncio.sleep(0.05)
+    return done()
+
+
+async def run_phase(
+    name: str, *, pools: int, jobs: int, task_seconds: float, workdir: Path
+) -> PhaseResult:
+    per_host = math.ceil(jobs / pools) * TASKS_PER_JOB
+    sim = SimProcess(
+        [
+            "--hosts",
+            str(pools),
+            "--pools",
+            str(pools),
+            "--time-scale",
+            "1",
+            "--task-seconds",
+            str(task_seconds),
+            "--task-distribution",
+            "fixed",
+        ],
+        workdir,
+        workers=per_host + 10,
+    )
+    errors: list[str] = []
+    try:
+        topology = await control(sim.port, "GET", "/_control/topology")
+        targets = [(p["id"], p["master_domain"], p["spm"]) for p in topology["pools"]]
+        pool_ids = [t[0] for t in targets]
+        volumes_before = await volume_count(sim.port, pool_ids)
+        daemon = Daemon(daemon_config(workdir / "taskmgrd.db", sim.port, topology))
+        await daemon.start(api=False)
+        try:
+            reg = daemon.registry
+            ok = await wait_until(
+                daemon,
+                lambda: all(
+                    (h := reg.hosts.get(spm)) is not None and h.status is model.HostStatus.UP
+                    for _, _, spm in targets
+                ),
+                60.0,
+            )
+            if not ok:
+                raise RuntimeError("hosts did not come UP in the daemon")
+            entries = []
+            for i in range(jobs):
+                pool, domain, spm = targets[i % len(targets)]
+                disk = {"pool": pool, "domain": domain, "size": 1 << 30}
+                entries.append(
+                    {
+                        "action": "CreateVm",
+                        "params": {
+                            "name": f"bench-{name}-{i}",
+                            "host": spm,
+                            "disks": [dict(disk) for _ in range(TASKS_PER_JOB)],
+                        },
+                    }
+                )
+            t_submit = time.time()
+            batch = await daemon.executor.submit_batch(entries, owner=0)
+
+            def polling() -> int:
+                return sum(
+                    1
+                    for job in batch
+                    for t in reg.job_tasks(job.id)
+                    if t.status is TaskStatus.POLLING and t.vdsm_id
+                )
+
+            want = jobs * TASKS_PER_JOB
+            if not await wait_until(
+                daemon,
+                lambda: polling() >= want or any(j.status in model.JOB_TERMINAL for j in batch),
+                RAMP_TIMEOUT,
+            ):
+                raise RuntimeError(f"only {polling()} of {want} tasks running after the ramp")
+            early = [j for j in batch if j.status in model.JOB_TERMINAL]
+            if early:
+                raise RuntimeError(
+                    f"{len(early)} jobs ended before the cancel: {early[0].status} {early[0].error}"
+                )
+            t_running = time.time()
+            ramp = t_running - t_submit
+            # the oldest task started right after t_submit: this is the least time any has left
+            remaining = task_seconds - ramp
+            cpu0 = cpu_seconds()
+            requested: dict[str, float] = {}
+            acked: dict[str, float] = {}
+            expect = JobStatus.FINISHED
+            if name != "baseline":
+                mode = CancelMode.STOP if name == "stop" else CancelMode.REVERT
+                expect = JobStatus.ABORTED
+
+                async def cancel_one(job: Job) -> None:
+                    requested[job.id] = time.time()
+                    try:
+                        await daemon.cancels.cancel(job.id, mode=mode, requester=0)
+                        acked[job.id] = time.time()
+                    except Exception as e:  # counted, never hidden
+                        errors.append(f"cancel {job.id}: {e!r}")
+
+                await asyncio.gather(*(cancel_one(j) for j in batch))
+            await wait_until(
+                daemon,
+                lambda: all(j.status in model.JOB_TERMINAL for j in batch),
+                END_TIMEOUT if name != "baseline" else END_TIMEOUT + task_seconds,
+            )
+            cpu = cpu_seconds() - cpu0
+            latencies: list[float] = []
+            wrong = 0
+            for job in batch:
+                tasks = reg.job_tasks(job.id)
+                uncleared = [t for t in tasks if t.status is not TaskStatus.CLEARED]
+                if (
+                    job.status is not expect
+                    or job.ended_at is None
+                    or len(tasks) != TASKS_PER_JOB
+                    or uncleared
+                ):
+                    wrong += 1
+                    if len(errors) < 5:
+                        errors.append(
+                            f"job {job.id}: {job.status} {job.error!r}, {len(tasks)} tasks, "
+                            f"{[t.status.value for t in uncleared]} not cleared"
+                        )
+                    continue
+                start = requested.get(job.id, t_running)
+                latencies.append(job.ended_at - start)
+            ack = [acked[j] - requested[j] for j in acked]
+        finally:
+            await daemon.stop()
+        sim_tasks = await control(sim.port, "GET", "/_control/tasks")
+        left = sum(len(t) for t in sim_tasks.values())
+        volumes_left = 0
+        if name == "revert":
+            volumes_left = max(0, await volume_count(sim.port, pool_ids) - volumes_before)
+    finally:
+        sim.stop()
+    return PhaseResult(
+        name=name,
+        jobs=jobs,
+        pools=pools,
+        task_seconds=task_seconds,
+        ramp_s=round(ramp, 2),
+        remaining_s=round(remaining, 2),
+        ended_ok=len(latencies),
+        wrong=wrong,
+        p50_s=round(percentile(latencies, 0.50), 3),
+        p90_s=round(percentile(latencies, 0.90), 3),
+        p99_s=round(percentile(latencies, 0.99), 3),
+        max_s=round(max(latencies), 3) if latencies else float("nan"),
+        ack_p50_s=round(percentile(ack, 0.50), 3),
+        ack_p99_s=round(percentile(ack, 0.99), 3),
+        daemon_cpu_s=round(cpu, 2),
+        sim_tasks_left=left,
+        volumes_left=volumes_left,
+        errors=errors[:5],
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--pools", type=int, help="pools, one SPM host each (50)")
+    p.add_argument("--jobs", type=int, help="CreateVm jobs of three disks each (1000)")
+    p.add_argument("--task-seconds", type=float, help="duration of every task, fixed (60)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the finish-on-its-own phase")
+    p.add_argument("--quick", action="store_true", help="smoke run: 10 pools, 100 jobs, 5 s tasks")
+    p.add_argument("--check", action="store_true", help="exit 1 when the target is missed")
+    p.add_argument("--json", action="store_true", help="also print the results as JSON")
+    args = p.parse_args(argv)
+    defaults = (10, 100, 5.0) if args.quick else (50, 1000, 60.0)
+    for key, default in zip(("pools", "jobs", "task_seconds"), defaults, strict=True):
+        if getattr(args, key) is None:
+            setattr(args, key, default)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    print(f"machine: {machine()}")
+    print(
+        f"load: {args.pools} pools (one SPM host each), {args.jobs} CreateVm jobs of "
+        f"{TASKS_PER_JOB} disks = {args.jobs * TASKS_PER_JOB} Volume.create tasks of "
+        f"{args.task_seconds:g} s (fixed), all running before the clock starts"
+    )
+    print(
+        "method: stop/revert latency = job ended_at (ABORTED) - wall time its cancel request "
+        "started, all jobs cancelled at once; baseline = job ended_at (FINISHED) - the moment "
+        "all tasks were running, nothing cancelled"
+    )
+    phases = ["stop", "revert"] + ([] if args.no_baseline else ["baseline"])
+    results: list[PhaseResult] = []
+    with tempfile.TemporaryDirectory(prefix="bench-cancel-") as tmp:
+        for name in phases:
+            workdir = Path(tmp) / name
+            workdir.mkdir()
+            print(f"phase {name} ...", flush=True)
+            results.append(
+                run_loop(
+                    run_phase(
+                        name,
+                        pools=args.pools,
+                        jobs=args.jobs,
+                        task_seconds=args.task_seconds,
+                        workdir=workdir,
+                    )
+                )
+            )
+    print(
+        f"\n{'phase':<10}{'jobs':>6}{'ok':>6}{'wrong':>6}{'ramp s':>8}{'left s':>8}"
+        f"{'p50 s':>9}{'p90 s':>9}{'p99 s':>9}{'max s':>9}{'ack p50/p99 s':>16}"
+        f"{'CPU s':>7}{'sim tasks':>10}{'vols':>5}"
+    )
+    for r in results:
+        print(
+            f"{r.name:<10}{r.jobs:>6}{r.ended_ok:>6}{r.wrong:>6}{r.ramp_s:>8.1f}"
+            f"{r.remaining_s:>8.1f}{r.p50_s:>9.3f}{r.p90_s:>9.3f}{r.p99_s:>9.3f}{r.max_s:>9.3f}"
+            f"{r.ack_p50_s:>9.3f}/{r.ack_p99_s:<6.3f}{r.daemon_cpu_s:>7.1f}"
+            f"{r.sim_tasks_left:>10}{r.volumes_left:>5}"
+        )
+        for e in r.errors:
+            print(f"    error ({r.name}): {e}")
+    bad = any(
+        r.wrong or r.ended_ok != r.jobs or r.sim_tasks_left or r.volumes_left for r in results
+    )
+    cancelled = [r for r in results if r.name != "baseline"]
+    met = all(r.p99_s <= TARGET_P99_S for r in cancelled)
+    if not args.no_baseline:
+        base = results[-1]
+        print(
+            f"\nbaseline (no cancel, tasks had {base.remaining_s:.1f} s left): p50 {base.p50_s:.3f}"
+            f" s, p99 {base.p99_s:.3f} s to FINISHED"
+        )
+    verdict = "PASS" if met and not bad else "FAIL"
+    print(
+        f"{verdict}: target p99 <= {TARGET_P99_S:g} s request -> ABORTED ("
+        + ", ".join(f"{r.name} {r.p99_s:.3f}" for r in cancelled)
+        + f"); correctness {'FAILED' if bad else 'ok'}: every job ended as expected with its "
+        "tasks cleared, simulator task tables empty, revert left no volume"
+    )
+    if args.json:
+        print(json.dumps({"results": [asdict(r) for r in results], "verdict": verdict}))
+    if bad:
+        return 1
+    return 1 if args.check and verdict == "FAIL" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,22 @@ def run_loop(coro: Any) -> Any:
     return uvloop.run(coro)
 
 
+def wait_listening(proc: subprocess.Popen[str], stop: Callable[[], None]) -> int:
+    """The port from vdsm-sim's `listening on` line; `stop` it if that line never comes."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + START_TIMEOUT
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or proc.poll() is not None or not sel.select(left):
+                stop()
+                raise RuntimeError(f"vdsm-sim did not start (exit {proc.returncode})")
+            match = LISTEN_RE.search(proc.stdout.readline())
+            if match:
+                return int(match.group(1))
+
+
 class SimProcess:
     """`vdsm-sim` in its own process, through `sim_finish_times.py`: the real simulator CLI
     with one hook that notes the wall-clock time (time.time(), the clock the daemon stamps
@@ -112,18 +129,7 @@ class SimProcess:
         return self.proc.pid
 
     def _wait_listening(self) -> int:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + START_TIMEOUT
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0 or self.proc.poll() is not None or not sel.select(left):
-                    self.stop()
-                    raise RuntimeError(f"vdsm-sim did not start (exit {self.proc.returncode})")
-                match = LISTEN_RE.search(self.proc.stdout.readline())
-                if match:
-                    return int(match.group(1))
+        return wait_listening(self.proc, self.stop)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

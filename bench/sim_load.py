@@ -36,8 +36,6 @@ import json
 import multiprocessing
 import os
 import platform
-import re
-import selectors
 import signal
 import subprocess
 import sys
@@ -46,16 +44,15 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from benchlib import ADDRESS, control, cpu_seconds, wait_listening
+
 from daemon.vdsm.client import StompRpcClient
 from daemon.vdsm.stomp import Frame, FrameParser, encode_frame
 
 TARGET_CALLS_PER_S = 3000
-ADDRESS = "127.0.0.1"
 REQUESTS = "jms.topic.vdsm_requests"
 RESPONSES = "jms.topic.vdsm_responses"
-LISTEN_RE = re.compile(r"vdsm-sim listening on [^:]+:(\d+)")
 TASK_SECONDS = 0.3  # simulated duration of one job: the finished half is done in well under 1 s
-START_TIMEOUT = 120.0
 PHASE_DRAIN_TIMEOUT = 30.0
 
 
@@ -82,19 +79,7 @@ def start_simulator(hosts: int) -> tuple[subprocess.Popen[str], int]:
         "fixed",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + START_TIMEOUT
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or proc.poll() is not None or not sel.select(left):
-                stop_simulator(proc)
-                raise RuntimeError(f"vdsm-sim did not start (exit {proc.returncode})")
-            line = proc.stdout.readline()
-            match = LISTEN_RE.search(line)
-            if match:
-                return proc, int(match.group(1))
+    return proc, wait_listening(proc, lambda: stop_simulator(proc))
 
 
 def stop_simulator(proc: subprocess.Popen[str]) -> None:
@@ -105,13 +90,6 @@ def stop_simulator(proc: subprocess.Popen[str]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process from /proc (Linux), so the simulator's load is visible."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def runs_uvloop(pid: int) -> bool:
@@ -126,20 +104,6 @@ def runs_uvloop(pid: int) -> bool:
 # -- population ------------------------------------------------------------------------------
 
 
-async def http(port: int, method: str, path: str) -> Any:
-    """A one-shot HTTP/1.0 request to the control API (no client library needed for this)."""
-    reader, writer = await asyncio.open_connection(ADDRESS, port)
-    try:
-        writer.write(f"{method} {path} HTTP/1.0\r\nContent-Length: 0\r\n\r\n".encode())
-        raw = await reader.read()
-    finally:
-        writer.close()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    if not head.split(b" ", 2)[1].startswith(b"2"):
-        raise RuntimeError(f"{method} {path}: {head[:100]!r} {body[:200]!r}")
-    return json.loads(body)
-
-
 def states(statuses: dict[str, dict[str, Any]]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for status in statuses.values():
@@ -149,7 +113,7 @@ def states(statuses: dict[str, dict[str, Any]]) -> dict[str, int]:
 
 async def populate(port: int, hosts: int, tasks: int, finished: int) -> None:
     """`finished` done tasks then `tasks - finished` held running ones on every host."""
-    topology = await http(port, "GET", "/_control/topology")
+    topology = await control(port, "GET", "/_control/topology")
     spm = {p["spm"]: p for p in topology["pools"]}
     names = [f"host{i}" for i in range(1, hosts + 1)]
     missing = [n for n in names if n not in spm]
@@ -193,7 +157,7 @@ async def populate(port: int, hosts: int, tasks: int, finished: int) -> None:
         async with asyncio.timeout(60):
             await asyncio.gather(*(wait_states(n, {"finished": finished}) for n in names))
         for n in names:  # later jobs wait at their end: they stay "running"
-            await http(port, "POST", f"/_control/hosts/{n}/hold")
+            await control(port, "POST", f"/_control/hosts/{n}/hold")
         await asyncio.gather(*(create(n, tasks - finished) for n in names))
         want = {"finished": finished, "running": tasks - finished}
         want = {k: v for k, v in want.items() if v}

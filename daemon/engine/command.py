@@ -165,6 +165,8 @@ class CommandBase:
         return task
 
     async def _submit(self, task: Task, send: Callable[[VdsmHost], Awaitable[str]]) -> None:
+        """Send the verb and commit its task id. An error reply, or a reply lost to a timeout,
+        marks the placeholder LOST; a task VDSM made anyway is found by the orphan reaper."""
         try:
             vdsm_id = await send(self.vdsm(task.host))
         except VdsmCallError as e:
@@ -176,10 +178,6 @@ class CommandBase:
             raise CommandFailed(
                 f"{task.verb} on {task.host} failed: [{e.vdsm_code}] {e.message}"
             ) from e
-        except BaseException:
-            # Unknown outcome (cancelled mid-call, connection lost): the reaper matches unknown
-            # tasks on the SPM; the placeholder stays SUBMITTING until then.
-            raise
         await self.registry.record_task_id(task, vdsm_id)
         step = self.registry.add_step(
             self.job,

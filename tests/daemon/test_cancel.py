@@ -10,6 +10,7 @@ import asyncio
 import os
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from daemon.engine.cancel import CancelRefused
 from daemon.model import CancelMode, JobStatus, TaskStatus
 from tests.daemon.stack import Stack, running_stack
+from tests.sim.conftest import wait_until
 
 
 async def until(s: Stack, job_id: str, predicate: object, deadline: float = 20.0) -> None:
@@ -26,11 +28,9 @@ async def until(s: Stack, job_id: str, predicate: object, deadline: float = 20.0
             await reg.wait_changed(job_id)
 
 
-async def until_sim(predicate: object, deadline: float = 20.0) -> None:
+async def until_sim(predicate: Callable[[], bool], deadline: float = 20.0) -> None:
     """Wait for a condition on the simulator's side (it publishes no change events to us)."""
-    async with asyncio.timeout(deadline):
-        while not predicate():  # type: ignore[operator]  # noqa: ASYNC110 - simulator state
-            await asyncio.sleep(0.01)
+    await wait_until(predicate, deadline, 0.01)
 
 
 def spm_host(s: Stack) -> str:

@@ -25,6 +25,7 @@ from daemon.commands.create_disk import CreateDisk
 from daemon.config import Config
 from daemon.model import JobStatus, TaskStatus
 from tests.daemon.stack import Stack, running_stack, start_sim
+from tests.sim.conftest import wait_until
 from vdsm_simulator.app import Simulator
 
 
@@ -39,9 +40,7 @@ async def simulator(**options: Any) -> AsyncIterator[Simulator]:
 
 async def until(check: Callable[[], bool], deadline: float = 10.0, step: float = 0.01) -> None:
     """Wait for a condition on state outside the daemon's registry (deadline, no luck)."""
-    async with asyncio.timeout(deadline):
-        while not check():  # noqa: ASYNC110 - the simulator's state has no event to wait on
-            await asyncio.sleep(step)
+    await wait_until(check, deadline, step)
 
 
 def spm_of(sim: Simulator) -> str:

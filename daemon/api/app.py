@@ -20,7 +20,9 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from daemon import model
+from daemon.api.access import access_middleware, setup_access
 from daemon.api.auth import peer_middleware, require_peer
+from daemon.api.limits import ApiLimits, rate_middleware, setup_limits
 from daemon.engine.cancel import CancelCoordinator
 from daemon.engine.policy import ActionSpec
 from daemon.errors import BadRequest, Conflict, DaemonError, InvalidParams, NotFound, TooLarge
@@ -466,14 +468,30 @@ async def show_job(request: web.Request) -> web.Response:
 # -- the app ---------------------------------------------------------------------------------------
 
 
-def build_app(daemon: DaemonLike) -> web.Application:
+def build_app(daemon: DaemonLike, *, limits: ApiLimits | None = None) -> web.Application:
     """The API around a daemon; served by `daemon.api.server.start_api`."""
+    # these modules import this one
+    from daemon.api.cancel_routes import add_cancel_routes
+    from daemon.api.clear_routes import add_clear_routes
+    from daemon.api.events_routes import add_events_routes
+    from daemon.api.metrics_routes import add_metrics_routes, count_requests
+    from daemon.api.openapi import add_openapi_route
+
     limit = daemon.settings.daemon.max_request_bytes
     # aiohttp's own cap backs ours up (read_json answers first, with our error shape)
     app = web.Application(
-        middlewares=[error_middleware, peer_middleware], client_max_size=limit + 1
+        middlewares=[
+            count_requests,
+            error_middleware,
+            peer_middleware,
+            access_middleware,
+            rate_middleware,
+        ],
+        client_max_size=limit + 1,
     )
     app[DAEMON_KEY] = daemon
+    setup_access(app)
+    setup_limits(app, limits or ApiLimits.from_settings(daemon.settings))
     app.router.add_get(f"{API}/health", health)
     app.router.add_get(f"{API}/actions", list_actions)
     app.router.add_get(f"{API}/hosts", list_hosts)
@@ -482,7 +500,9 @@ def build_app(daemon: DaemonLike) -> web.Application:
     app.router.add_post(f"{API}/jobs", submit)
     app.router.add_get(f"{API}/jobs", list_jobs)
     app.router.add_get(f"{API}/jobs/{{id}}", show_job)
-    from daemon.api.cancel_routes import add_cancel_routes  # it imports this module
-
     add_cancel_routes(app)
+    add_clear_routes(app)
+    add_events_routes(app)
+    add_metrics_routes(app)
+    add_openapi_route(app)
     return app

@@ -11,18 +11,14 @@ from typing import Any
 
 from aiohttp import web
 
+from daemon.api.access import is_privileged, require_manager
 from daemon.api.app import API, DAEMON_KEY, check_query, expect_object, read_json
-from daemon.api.auth import Peer, require_peer
+from daemon.api.auth import require_peer
 from daemon.engine.cancel_rules import CancelDecision
 from daemon.errors import DaemonError, Forbidden, InvalidParams, NotFound
 from daemon.model import CancelMode
 
 FIELDS = ("mode", "reason", "force")
-
-
-def _privileged(request: web.Request, peer: Peer) -> bool:
-    group = getattr(request.app[DAEMON_KEY].settings.daemon, "admin_gid", None)
-    return peer.is_root or (group is not None and (peer.gid == group or group in peer.groups))
 
 
 def _args(doc: dict[str, Any]) -> tuple[CancelMode | None, str, bool]:
@@ -54,12 +50,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     if job is None:
         raise NotFound(f"no job {job_id!r}")
     mode, reason, force = _args(expect_object(await read_json(request) or {}, FIELDS, "cancel"))
-    privileged = _privileged(request, peer)
-    if job.owner != peer.uid and not privileged:
-        raise Forbidden(
-            f"job {job_id} belongs to uid {job.owner}; only its owner, root or the "
-            "admin group may cancel it"
-        )
+    privileged = require_manager(peer, daemon.settings, job.owner, f"job {job_id}")
     decision = await daemon.cancels.cancel(
         job_id, mode=mode, reason=reason, force=force, requester=peer.uid, privileged=privileged
     )
@@ -75,7 +66,7 @@ async def cancel_correlated(request: web.Request) -> web.Response:
     if not isinstance(correlation_id, str) or not correlation_id:
         raise InvalidParams("correlation_id is required")
     mode, reason, force = _args(doc)
-    privileged = _privileged(request, peer)
+    privileged = is_privileged(peer, daemon.settings)
     job_ids = daemon.registry.by_correlation.get(correlation_id, set())
     if not job_ids:
         raise NotFound(f"no job with correlation id {correlation_id!r}")

@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import aiohttp
@@ -23,11 +24,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
+from daemon.sse import SseEvent, SseParser, read_events
+
 DEFAULT_SOCKET = "/run/taskmgrd/api.sock"
 API = "http://taskmgrd/api/v1"
 TERMINAL = ("FINISHED", "FAILED", "ABORTED")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+RECONNECTS = 20  # event streams: attempts, half a second apart, before giving up
 
 STATUS_STYLE = {
     "STARTED": "cyan",
@@ -72,6 +76,8 @@ class Client:
 
     async def close(self) -> None:
         await self.session.close()
+        if "stream_session" in self.__dict__:
+            await self.stream_session.close()
 
     async def call(self, method: str, path: str, *, body: Any = None, **query: Any) -> Any:
         params = {k: str(v) for k, v in query.items() if v is not None}
@@ -92,6 +98,49 @@ class Client:
         if status >= 400:
             raise ApiError(status, doc)
         return doc
+
+    async def events(
+        self, *, job: str | None = None, kind: str | None = None, since: str | None = None
+    ) -> AsyncIterator[SseEvent]:
+        """GET /events, reconnecting after a dropped stream with the last id seen (so nothing
+        is missed while the daemon still has it; otherwise the daemon sends a reset)."""
+        parser = SseParser(last_id=since or "")
+        params = {k: v for k, v in (("job", job), ("kind", kind)) if v is not None}
+        failures, connected = 0, False
+        while True:
+            headers = {"Last-Event-ID": parser.last_id} if parser.last_id else {}
+            try:
+                async with self.stream_session.get(
+                    f"{API}/events", params=params, headers=headers
+                ) as response:
+                    if response.status >= 400:
+                        text = await response.text()
+                        raise ApiError(response.status, _json_or_text(text))
+                    failures, connected = 0, True
+                    async for event in read_events(response, parser):
+                        yield event
+            except (aiohttp.ClientConnectionError, OSError) as e:
+                failures += 1
+                if not connected or failures > RECONNECTS:
+                    raise Unreachable(
+                        f"cannot reach taskmgrd at {self.socket_path}: {_reason(e)}"
+                    ) from e
+            await asyncio.sleep(0.5)  # the stream ended (daemon restarting?): reconnect
+
+    @functools.cached_property
+    def stream_session(self) -> aiohttp.ClientSession:
+        """A second session without the total timeout: an event stream lasts."""
+        return aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=self.socket_path),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+        )
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {"error": {"code": "bad_answer", "message": text[:200]}}
 
 
 def _reason(e: BaseException) -> str:
@@ -198,6 +247,21 @@ def build_parser() -> argparse.ArgumentParser:
     remove = hosts_sub.add_parser("remove", parents=[common], help="unregister a host")
     remove.add_argument("name")
 
+    clear = sub.add_parser("clear", parents=[common], help="drop an ended job now")
+    clear.add_argument("job")
+
+    watch = sub.add_parser(
+        "watch", parents=[common], help="follow one job (or the newest jobs) live"
+    )
+    watch.add_argument("job", nargs="?", help="the job to follow; it ends when the job does")
+    watch.add_argument("--limit", type=int, default=20, help="jobs shown without JOB (20)")
+
+    events = sub.add_parser("events", parents=[common], help="print change events as they come")
+    events.add_argument("--job", help="only this job's events")
+    events.add_argument("--kind", help="comma-separated: job, step, command, task, lock, host")
+    events.add_argument("--since", help="resume after this event id (EPOCH:SEQ)")
+    events.add_argument("--count", type=int, help="stop after this many events")
+
     sub.add_parser("actions", parents=[common], help="actions, their parameters, cancel policy")
     sub.add_parser("health", parents=[common], help="the daemon's state")
     return parser
@@ -271,6 +335,16 @@ async def dispatch(client: Client, args: argparse.Namespace, console: Console) -
             doc = await client.call("GET", "/hosts")
             emit(console, as_json, doc, lambda: print_hosts(console, doc))
         return EXIT_OK
+    if cmd == "clear":
+        doc = await client.call("POST", f"/jobs/{args.job}/clear")
+        emit(console, as_json, doc, lambda: console.print(f"job {args.job} cleared"))
+        return EXIT_OK
+    if cmd == "events":
+        return await print_events(client, args, console)
+    if cmd == "watch":
+        from daemon.watch import watch  # rich's live display, only for this command
+
+        return await watch(client, args.job, console, as_json=as_json, limit=args.limit)
     if cmd == "actions":
         doc = await client.call("GET", "/actions")
         emit(console, as_json, doc, lambda: print_actions(console, doc))
@@ -280,6 +354,37 @@ async def dispatch(client: Client, args: argparse.Namespace, console: Console) -
         emit(console, as_json, doc, lambda: print_health(console, doc))
         return EXIT_OK
     raise UsageError(f"unknown command {cmd!r}")
+
+
+async def print_events(client: Client, args: argparse.Namespace, console: Console) -> int:
+    """One line per event (a JSON object per line with --json), until --count or Ctrl-C."""
+    if args.count is not None and args.count < 1:
+        raise UsageError("--count must be at least 1")
+    seen = 0
+    async for event in client.events(job=args.job, kind=args.kind, since=args.since):
+        doc = json.loads(event.data)
+        if event.event == "ready":  # subscribed; not a change (shown to scripts, not counted)
+            if args.json:
+                sys.stdout.write(json.dumps({"event": "ready", "id": event.id, **doc}) + "\n")
+                sys.stdout.flush()
+            continue
+        if args.json:
+            line = {"event": event.event, "id": event.id, **doc}
+            sys.stdout.write(json.dumps(line, sort_keys=True) + "\n")
+            sys.stdout.flush()
+        elif event.event == "reset":
+            console.print(f"[yellow]reset[/] {event.id}: {doc.get('reason', '')}")
+        else:
+            status = doc.get("data", {}).get("status", "")
+            console.print(
+                f"{event.id} {doc['kind']} {doc['op']} {doc['id']}"
+                + (f" job {doc['job_id']}" if doc.get("job_id") not in (None, doc["id"]) else "")
+                + (f" {_styled(status)}" if status else "")
+            )
+        seen += 1
+        if args.count is not None and seen >= args.count:
+            break
+    return EXIT_OK
 
 
 async def cancel_jobs(client: Client, args: argparse.Namespace, console: Console) -> int:

@@ -2,8 +2,10 @@
 
 Each change is a `message` event whose id is `EPOCH:SEQ` and whose data is one JSON object
 `{"seq", "kind", "op", "id", "job_id", "data"}` (data: the record as the API shows it, empty on
-delete). A client reconnecting with `Last-Event-ID` (the header EventSource sends, or the
-`last_event_id` query parameter) gets every event it missed, in order, then the live ones. When
+delete). A new stream starts with `event: ready` once it is subscribed: state read after it
+misses nothing the stream will not also deliver. A client reconnecting with `Last-Event-ID`
+(the header EventSource sends, or the `last_event_id` query parameter) gets every event it
+missed, in order, then the live ones. When
 the daemon cannot replay them (it restarted, or they left its buffer) the stream starts with an
 `event: reset` instead: the client re-reads the state it shows (GET /jobs/...), then carries on.
 
@@ -112,11 +114,13 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
             request.app[STREAMS_KEY].add(sub)
             await response.prepare(request)
             await response.write(b"retry: 1000\n\n")
+            current = format_id(hub.epoch, hub.seq)
             if reset is not None:
-                current = format_id(hub.epoch, hub.seq)
                 await response.write(
                     frame(current, {"reason": reset, "epoch": hub.epoch}, kind="reset")
                 )
+            elif last is None:
+                await response.write(frame(current, {"epoch": hub.epoch}, kind="ready"))
             await _pump(response, sub, hub, job, kinds, heartbeat)
         except ConnectionError:
             pass  # the client went away
@@ -148,7 +152,8 @@ async def _pump(
 
 async def _end_streams(app: web.Application) -> None:
     """On shutdown: end every stream, or stopping the API would wait for them to time out."""
-    for sub in list(app[STREAMS_KEY]):
+    subscriptions = app[STREAMS_KEY]
+    for sub in list(subscriptions):
         sub.end()
 
 

@@ -22,9 +22,11 @@ import pytest
 
 from daemon import model
 from daemon.api.app import build_app
+from daemon.api.limits import ApiLimits
 from daemon.api.server import ApiServer, start_api, stop_api
 from daemon.commands import ACTIONS
 from daemon.config import Config
+from daemon.engine.cancel import CancelCoordinator
 from daemon.engine.executor import Executor
 from daemon.model import Host, HostStatus
 from daemon.registry import Registry
@@ -84,6 +86,7 @@ class ApiDaemon:
     hosts: FakeHosts
     settings: Config
     socket: Path
+    cancels: CancelCoordinator
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -96,7 +99,15 @@ def short_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="tm-", dir="/tmp"))
 
 
-async def serve(db: Path, **settings: Any) -> tuple[ApiDaemon, ApiServer]:
+async def serve(
+    db: Path,
+    *,
+    group: int | None = None,
+    limits: ApiLimits | None = None,
+    socket_dir: Path | None = None,
+    **settings: Any,
+) -> tuple[ApiDaemon, ApiServer]:
+    """A served API on a fresh socket; `group` is the socket's group (mode 0660)."""
     store = Store(db, synchronous="NORMAL")
     await store.open()
     registry = Registry(store)
@@ -108,14 +119,16 @@ async def serve(db: Path, **settings: Any) -> tuple[ApiDaemon, ApiServer]:
         import dataclasses
 
         config = dataclasses.replace(config, daemon=dataclasses.replace(config.daemon, **settings))
-    socket = short_dir() / "api.sock"
-    daemon = ApiDaemon(registry, executor, hosts, config, socket)
-    server = await start_api(build_app(daemon), socket)
+    socket = (socket_dir or short_dir()) / "api.sock"
+    cancels = CancelCoordinator(registry, hosts, executor)  # type: ignore[arg-type,unused-ignore]
+    daemon = ApiDaemon(registry, executor, hosts, config, socket, cancels)
+    server = await start_api(build_app(daemon, limits=limits), socket, group=group)
     return daemon, server
 
 
 async def shutdown(daemon: ApiDaemon, server: ApiServer) -> None:
     await stop_api(server)
+    await daemon.cancels.close()
     await daemon.executor.close()
     await daemon.store.close()
     socket_dir = daemon.socket.parent
@@ -175,3 +188,13 @@ async def snapshot(daemon: ApiDaemon) -> tuple[str, dict[str, list[tuple[Any, ..
     await settle(daemon)
     state = json.dumps(registry_state(daemon.registry), sort_keys=True, default=str)
     return state, db_rows(daemon.store.path)
+
+
+async def sse_stream(
+    http: aiohttp.ClientSession, query: str = "", headers: dict[str, str] | None = None
+) -> aiohttp.ClientResponse:
+    """An open GET /events response (close it, or use `async with`)."""
+    response = await http.get(f"/api/v1/events{query}", headers=headers or {})
+    assert response.status == 200, await response.text()
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    return response

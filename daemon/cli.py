@@ -365,11 +365,11 @@ async def print_events(client: Client, args: argparse.Namespace, console: Consol
         doc = json.loads(event.data)
         if event.event == "ready":  # subscribed; not a change (shown to scripts, not counted)
             if args.json:
-                sys.stdout.write(json.dumps({"event": "ready", "id": event.id, **doc}) + "\n")
+                sys.stdout.write(json.dumps({"event": "ready", "event_id": event.id, **doc}) + "\n")
                 sys.stdout.flush()
             continue
         if args.json:
-            line = {"event": event.event, "id": event.id, **doc}
+            line = {"event": event.event, "event_id": event.id, **doc}
             sys.stdout.write(json.dumps(line, sort_keys=True) + "\n")
             sys.stdout.flush()
         elif event.event == "reset":

@@ -177,3 +177,85 @@ def test_key_value_params_parse_as_json_when_they_can() -> None:
         "uuid": POOL,
         "pool": "p",
     }
+
+
+# -- live view: events, watch, clear ------------------------------------------------------------
+
+
+async def refresh_job(api: ApiDaemon, host: str = "host1") -> str:
+    if "host1" not in api.registry.hosts:
+        await api.hosts.add_host("host1", "127.0.0.1", 54321, POOL)
+    job = await api.executor.submit("RefreshHost", {"host": host}, owner=os.getuid())
+    await settle(api)
+    return job.id
+
+
+async def test_events_streams_json_lines_from_ready_on(api: ApiDaemon) -> None:
+    argv = [sys.executable, "-m", "daemon.cli", "--socket", str(api.socket)]
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        "--json",
+        "events",
+        "--kind",
+        "host",
+        "--count",
+        "2",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    async with asyncio.timeout(60):
+        ready = json.loads(await proc.stdout.readline())  # subscribed: changes from now are seen
+        assert ready["event"] == "ready" and ready["epoch"] == api.registry.events.epoch
+        await api.hosts.add_host("host1", "127.0.0.1", 54321, POOL)
+        await api.hosts.add_host("host2", "127.0.0.1", 54322, POOL)
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    lines = [json.loads(line) for line in out.decode().splitlines()]
+    assert [(e["kind"], e["id"]) for e in lines] == [("host", "host1"), ("host", "host2")]
+    assert lines[0]["event"] == "message" and lines[0]["event_id"].endswith(f":{lines[0]['seq']}")
+
+
+async def test_events_usage_and_daemon_errors(api: ApiDaemon, tmp_path: Path) -> None:
+    run = await taskmgr("events", "--since", "garbage", socket=api.socket)
+    assert run.code == 1 and "EPOCH:SEQ" in run.err
+    run = await taskmgr("events", "--count", "0", socket=api.socket)
+    assert run.code == 2
+    run = await taskmgr("events", socket=tmp_path / "none.sock")
+    assert run.code == 3 and "no such socket" in run.err
+
+
+async def test_watch_a_job_to_its_end(api: ApiDaemon) -> None:
+    finished = await refresh_job(api)
+    run = await taskmgr("--json", "watch", finished, socket=api.socket)
+    assert run.code == 0, run.err
+    assert json.loads(run.out.splitlines()[-1])["status"] == "FINISHED"
+    run = await taskmgr("watch", finished, socket=api.socket)
+    assert run.code == 0 and finished in run.out and "RefreshHost" in run.out
+    failed = await refresh_job(api, host="no-such-host")
+    run = await taskmgr("watch", failed, socket=api.socket)
+    assert run.code == 1 and "FAILED" in run.out
+    run = await taskmgr("watch", "no-such-job", socket=api.socket)
+    assert run.code == 1 and run.err.startswith("error: not_found: ")
+
+
+async def test_watch_follows_a_running_job(api: ApiDaemon) -> None:
+    """The job starts after the watch does: the view must follow it from events, not luck."""
+    await api.hosts.add_host("host1", "127.0.0.1", 54321, POOL)
+    job = await api.executor.submit("RefreshHost", {"host": "host1"}, owner=os.getuid())
+    run = await taskmgr("--json", "watch", job.id, socket=api.socket)
+    assert run.code == 0, run.err
+    views = [json.loads(line) for line in run.out.splitlines()]
+    assert views[-1]["status"] == "FINISHED" and views[-1]["id"] == job.id
+
+
+async def test_clear_an_ended_job(api: ApiDaemon) -> None:
+    job_id = await refresh_job(api)
+    run = await taskmgr("--json", "clear", job_id, socket=api.socket)
+    assert run.code == 0 and run.json() == {"cleared": job_id}
+    assert job_id not in api.registry.jobs
+    await api.store.flush()
+    assert job_id not in {d["id"] for d in await api.store.load("job")}
+    run = await taskmgr("clear", job_id, socket=api.socket)
+    assert run.code == 1 and run.err.startswith("error: not_found: ")

@@ -178,6 +178,7 @@ async def test_last_event_id_resumes_with_nothing_lost_or_repeated(
         resumed = await until_job_ends(read_events(response), missed_job)
     assert resumed[0].event == "message"  # no ready, no reset: a plain continuation
     assert seqs(resumed) == list(range(seqs([cut])[0] + 1, seqs(resumed)[-1] + 1))
+
     def what(events: list[SseEvent]) -> list[tuple[Any, ...]]:
         docs = [json.loads(e.data) for e in events]
         return [(d["seq"], d["kind"], d["op"], d["id"], d["job_id"]) for d in docs]

@@ -36,7 +36,7 @@ from tests.daemon.api_support import ApiDaemon, serve, shutdown, snapshot  # noq
 from tests.daemon.test_api import HOST  # noqa: E402
 
 T = TypeVar("T")
-EXAMPLES = 80  # per operation and mode: ~13 operations x 2 modes, some exhaust early
+EXAMPLES = 75  # per operation, mode and binding: ~21 passes, some exhaust early
 MINIMUM_REQUESTS = 1000
 CHECKS = [
     not_a_server_error,
@@ -79,6 +79,12 @@ async def forward_tcp_to_unix(socket_path: Path) -> asyncio.Server:
         await asyncio.gather(pipe(reader, unix_writer), pipe(unix_reader, writer))
 
     return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+async def finished_job(daemon: ApiDaemon) -> str:
+    job = await daemon.executor.submit("RefreshHost", {"host": HOST["name"]}, owner=0)
+    await snapshot(daemon)  # settles: the job has ended
+    return job.id
 
 
 def fuzzer(strategy: Any, exercise: Any) -> Any:
@@ -139,23 +145,38 @@ def test_fuzz_the_api_from_its_openapi_description(
             assert after == before, f"{label} refused yet changed state: {case.as_curl_command()}"
             state.append(after)  # unchanged: the next request starts from it
 
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            label = f"{operation.method.upper()} {operation.path} {mode.value}"
-            try:
-                strategy = operation.as_strategy(generation_mode=mode)
-            except Exception as e:  # an operation without inputs has no negative cases
-                if mode is GenerationMode.NEGATIVE:
-                    continue
-                raise AssertionError(f"{label}: {e}") from e
+    # random ids only ever find nothing (404): a second pass binds the path to things that exist
+    job_id = bg.run(finished_job(daemon))
+    bound = {"id": job_id, "name": HOST["name"]}
+    passes = [
+        (result.ok(), mode, bind)
+        for result in schema.get_all_operations()
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+        for bind in (False, True)
+    ]
+    for operation, mode, bind in passes:
+        names = {p.name for p in operation.path_parameters}
+        if bind and not names:
+            continue
+        label = f"{operation.method.upper()} {operation.path} {mode.value}" + (
+            " bound" if bind else ""
+        )
+        try:
+            strategy = operation.as_strategy(
+                generation_mode=mode,
+                path_parameters={n: bound[n] for n in names} if bind else None,
+            )
+        except Exception as e:  # an operation without inputs has no negative cases
+            if mode is GenerationMode.NEGATIVE:
+                continue
+            raise AssertionError(f"{label}: {e}") from e
 
-            fuzz = fuzzer(strategy, lambda case, label=label: exercise(case, label))
-            try:
-                fuzz()
-            except Unsatisfiable:
-                # no input to break (GET /health, /metrics ...): nothing negative to send
-                assert mode is GenerationMode.NEGATIVE, label
+        fuzz = fuzzer(strategy, lambda case, label=label: exercise(case, label))
+        try:
+            fuzz()
+        except Unsatisfiable:
+            # no input to break (GET /health, /metrics ...): nothing negative to send
+            assert mode is GenerationMode.NEGATIVE, label
 
     total = sum(sent.values())
     summary = ", ".join(f"{k}: {v}/{refused.get(k, 0)}" for k, v in sorted(sent.items()))

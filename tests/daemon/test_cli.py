@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -259,3 +260,95 @@ async def test_clear_an_ended_job(api: ApiDaemon) -> None:
     assert job_id not in {d["id"] for d in await api.store.load("job")}
     run = await taskmgr("clear", job_id, socket=api.socket)
     assert run.code == 1 and run.err.startswith("error: not_found: ")
+
+
+async def test_watch_without_a_job_redraws_the_newest_jobs_until_interrupted(
+    api: ApiDaemon,
+) -> None:
+    argv = [sys.executable, "-m", "daemon.cli", "--socket", str(api.socket), "--json", "watch"]
+    proc = await asyncio.create_subprocess_exec(
+        *argv, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(60):
+            first = json.loads(await proc.stdout.readline())
+            assert first["jobs"] == []
+            job_id = await refresh_job(api)
+            while True:  # redrawn as the job changes, until it shows the ended job
+                view = json.loads(await proc.stdout.readline())
+                if [(j["id"], j["status"]) for j in view["jobs"]] == [(job_id, "FINISHED")]:
+                    break
+            proc.send_signal(signal.SIGINT)
+            await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 130
+
+
+def test_the_live_views_render_steps_tasks_and_progress() -> None:
+    from rich.console import Console
+
+    from daemon.watch import job_view, jobs_view
+
+    job = {
+        "id": "j1",
+        "action": "CopyDisk",
+        "status": "STARTED",
+        "steps": [
+            {
+                "id": "s1",
+                "description": "Executing",
+                "status": "STARTED",
+                "progress": 40,
+                "steps": [
+                    {
+                        "id": "s2",
+                        "description": "Copying",
+                        "status": "STARTED",
+                        "progress": None,
+                        "steps": [],
+                    }
+                ],
+            },
+        ],
+        "tasks": [
+            {
+                "step_id": "s2",
+                "vdsm_id": "t-1",
+                "host": "host1",
+                "status": "POLLING",
+                "vdsm_state": "running",
+                "vdsm_result": "",
+            }
+        ],
+        "cancel": None,
+        "error": "",
+    }
+    console = Console(record=True, width=160, color_system=None)
+    console.print(job_view(job))
+    console.print(
+        jobs_view(
+            {
+                "count": 1,
+                "total": 1,
+                "jobs": [
+                    {
+                        "id": "j1",
+                        "action": "CopyDisk",
+                        "status": "STARTED",
+                        "tasks": 1,
+                        "correlation_id": "c",
+                        "owner": 0,
+                    }
+                ],
+            }
+        )
+    )
+    text = console.export_text()
+    assert "Executing" in text and "40%" in text and "Copying" in text
+    assert "task t-1 on host1: POLLING (VDSM running/-)" in text
+    assert "━" in text  # the progress bar
+    assert "jobs (1 of 1)" in text

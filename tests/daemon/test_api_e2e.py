@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import uuid
 from pathlib import Path
@@ -68,3 +69,33 @@ async def test_submit_and_follow_a_disk_job_over_the_socket(tmp_path: Path) -> N
                 while s.daemon.registry.jobs[failed["id"]].status.value == "STARTED":
                     await s.daemon.registry.wait_changed(failed["id"])
             assert "not running on any UP host" in s.daemon.registry.jobs[failed["id"]].error
+
+
+async def test_events_follow_a_real_disk_job_through_its_vdsm_task(tmp_path: Path) -> None:
+    """The live view's source against the simulator: the job's task is seen being created,
+    polled and cleared on the host, in order, ending with the job's FINISHED."""
+    from daemon.sse import read_events
+
+    async with running_stack(tmp_path, api=True) as s:
+        conn = aiohttp.UnixConnector(path=str(tmp_path / "api.sock"))
+        async with aiohttp.ClientSession(connector=conn) as http:
+            async with http.get(f"{API}/events?kind=job,task") as stream:
+                events = read_events(stream)
+                async with asyncio.timeout(20):
+                    assert (await anext(events)).event == "ready"
+                    body = {
+                        "action": "CreateDisk",
+                        "params": {"pool": s.pool, "domain": s.domains[0], "size": 1 << 20},
+                    }
+                    job = await (await http.post(f"{API}/jobs", json=body)).json()
+                    task_states: list[str] = []
+                    async for event in events:
+                        doc = json.loads(event.data)
+                        if doc["job_id"] != job["id"]:
+                            continue
+                        if doc["kind"] == "task":
+                            task_states.append(doc["data"]["status"])
+                        elif doc["data"].get("status") == "FINISHED":
+                            break
+    assert task_states[0] == "SUBMITTING" and task_states[-1] == "CLEARED"
+    assert "POLLING" in task_states

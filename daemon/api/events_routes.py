@@ -13,9 +13,9 @@ buffer) the stream starts with an `event: reset` instead: the client re-reads th
 (GET /jobs/...), then carries on.
 
 Keep-alive comments go out every `heartbeat` seconds (default 15) with the current id, so a
-filtered stream's position stays fresh even while nothing it wants happens; they are also when a
-closed connection is noticed and its stream slot freed. A subscriber too slow to keep up is cut
-off; it reconnects with its last id and loses nothing that is still buffered.
+filtered stream's position stays fresh even while nothing it wants happens. A client gone is
+noticed within a second (GONE_CHECK) and its stream slot freed. A subscriber too slow to keep up
+is cut off; it reconnects with its last id and loses nothing that is still buffered.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from daemon.events import Event, EventHub, ReplayGap, Subscription, format_id, p
 
 KINDS = ("job", "step", "command", "task", "lock", "host")
 DEFAULT_HEARTBEAT = 15.0
+GONE_CHECK = 1.0  # seconds between checks that the client is still connected
 STREAMS_KEY = web.AppKey("event_subscriptions", weakref.WeakSet[Subscription])  # ended at shutdown
 
 
@@ -125,7 +126,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
                 )
             elif last is None:
                 await response.write(frame(current, {"epoch": hub.epoch}, kind="ready"))
-            await _pump(response, sub, hub, job, kinds, heartbeat)
+            await _pump(request, response, sub, hub, job, kinds, heartbeat)
         except ConnectionError:
             pass  # the client went away
         finally:
@@ -133,7 +134,13 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 async def _pump(
+    request: web.Request,
     response: web.StreamResponse,
     sub: Subscription,
     hub: EventHub,
@@ -141,13 +148,21 @@ async def _pump(
     kinds: frozenset[str] | None,
     heartbeat: float,
 ) -> None:
+    loop = asyncio.get_running_loop()
+    quiet_since = loop.time()
     while True:
         try:
-            event = await asyncio.wait_for(sub.get(), heartbeat)
+            event = await asyncio.wait_for(sub.get(), min(heartbeat, GONE_CHECK))
         except TimeoutError:
-            # the queue is empty, so every published event was sent or filtered out
-            await response.write(f"id: {format_id(hub.epoch, hub.seq)}\n: keep-alive\n\n".encode())
+            if _gone(request):  # noticed without a write: the stream slot frees promptly
+                return
+            if loop.time() - quiet_since >= heartbeat:
+                # the queue is empty, so every published event was sent or filtered out
+                current = format_id(hub.epoch, hub.seq)
+                await response.write(f"id: {current}\n: keep-alive\n\n".encode())
+                quiet_since = loop.time()
             continue
+        quiet_since = loop.time()
         if event is None:  # dropped for falling behind, or the daemon is stopping
             return
         if (job is None or event.job_id == job) and (kinds is None or event.kind in kinds):

@@ -5,9 +5,8 @@ nothing the client sends can forge them. The supplementary groups come from /pro
 read when the request arrives. The identity goes on the request as `request["peer"]`; the uid is
 the owner of every job the request submits.
 
-Authorization today (issue 3): whoever can open the socket (mode 0660 and its group keep others
-out) may submit and read. Issue 5 adds the rules on top of this identity: reads for the socket's
-group, cancel and clear only for the job's owner, root and the admin group (`Peer.in_group`).
+What each identity may do (reads for the socket's group, cancel and clear for the job's owner,
+root and the admin group) is decided in daemon.api.access.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ class Peer:
         return self.uid == 0
 
     def in_group(self, gid: int) -> bool:
-        """The primary or a supplementary group; what issue 5's admin-group check asks."""
+        """The primary or a supplementary group (the socket's and admin group checks)."""
         return gid == self.gid or gid in self.groups
 
 

@@ -13,11 +13,15 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from daemon.demo import DemoJob, cancel_summary, current_step, task_summary
+import pytest
+
+from daemon.demo import make_workdir
+from daemon.demo_view import DemoJob, cancel_summary, current_step, task_summary
 
 EXPECTED = {  # job label -> (final status, cancel as the summary shows it)
     "refresh": ("FINISHED", "-"),
@@ -174,3 +178,23 @@ def test_a_job_that_ends_otherwise_or_fails_a_check_fails_the_demo() -> None:
     job.check("no task left", True)
     assert job.failures() == ["ended FINISHED, not ABORTED", "its disks are gone"]
     assert DemoJob("x", "", view(status="ABORTED"), expect="ABORTED").failures() == []
+
+
+def test_a_deep_tmpdir_still_leaves_room_for_the_socket_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    workdir = make_workdir()
+    try:
+        assert len(bytes(workdir / "api.sock")) < 100
+        assert list(deep.iterdir()) == []  # the first try was removed
+    finally:
+        workdir.rmdir()
+    shallow = tmp_path / "t"
+    shallow.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(shallow))
+    workdir = make_workdir()
+    assert workdir.parent == shallow  # TMPDIR is used when the path fits
+    workdir.rmdir()

@@ -119,7 +119,6 @@ class Demo:
                         self.failure = str(e)
                         self.board.note(f"FAILED: {e}")
                     finally:
-                        self._open_gate()
                         redraw()
         finally:
             logging.getLogger().removeHandler(handler)
@@ -163,16 +162,12 @@ class Demo:
         self.daemon = Daemon(config)
         await self.daemon.start()
         stack.push_async_callback(self.daemon.stop)
-        stack.callback(self._open_gate)  # runs first: nothing waits at the gate at shutdown
+        stack.callback(self.gate.open)  # runs first: nothing waits at the gate at shutdown
         self.client = Client(str(config.daemon.socket))
         stack.push_async_callback(self.client.close)
         self.board.note(
             f"taskmgrd: db {config.daemon.db}, API on {config.daemon.socket} (all removed at exit)"
         )
-
-    def _open_gate(self) -> None:
-        with contextlib.suppress(AttributeError):  # the simulator never started
-            self.gate.open()
 
     # -- the script ----------------------------------------------------------------------------
 
@@ -236,7 +231,7 @@ class Demo:
         delete.check(f"the original stays on {d0[:8]}", self._has_image(d0, image))
         web_vm = self._vm_named("demo-web")
         web.check("VM demo-web is Up on host2", web_vm == ("host2", "Up"))
-        web.check("its disk exists", all(v in self._volumes() for v in self._job_volumes(web)))
+        web.check("its disk exists", self._volumes_left(web) == ["exists"])
         hosts = {h["name"]: h for h in (await self._api("GET", "/hosts"))["hosts"]}
         add.check("host4 is UP in the daemon", hosts.get("host4", {}).get("status") == "UP")
         migrate.check("demo-small runs on host2 only", self._where("demo-small") == ["host2"])
@@ -311,15 +306,12 @@ class Demo:
         db.check("VM demo-db never reached a host", self._vm_named("demo-db") is None)
         db.check(
             "both its disks are gone (one stopped, one reverted)",
-            not set(self._job_volumes(db)) & self._volumes(),
+            self._volumes_left(db) == ["gone", "gone"],
         )
         actions = [a.get("action") for a in (db.view.get("cancel") or {}).get("actions", [])]
         db.check("VDSM was sent Task.stop and Task.revert", {"stopped", "reverted"} <= set(actions))
         for job in batch:
-            job.check(
-                "its volume was rolled back by VDSM",
-                not set(self._job_volumes(job)) & self._volumes(),
-            )
+            job.check("its volume was rolled back by VDSM", self._volumes_left(job) == ["gone"])
         big.check(
             "demo-big is Up on host1, its source", self._vm_state("demo-big", "host1") == "Up"
         )
@@ -446,10 +438,12 @@ class Demo:
     def _has_image(self, domain: str, image: str) -> bool:
         return bool(self.sim.cluster.storage.pools[self.pool].domains[domain].image_volumes(image))
 
-    def _job_volumes(self, job: DemoJob) -> list[str]:
-        """Volumes the job's CreateDisk commands chose (recorded before their verb was sent)."""
+    def _volumes_left(self, job: DemoJob) -> list[str]:
+        """ "exists" or "gone" for each volume the job's CreateDisk commands chose (recorded
+        before their verb was sent), so a job that recorded none fails the check too."""
+        volumes = self._volumes()
         return [
-            str(c["data"]["volume"])
+            "exists" if c["data"]["volume"] in volumes else "gone"
             for c in job.view.get("commands", [])
             if c["action"] == "CreateDisk" and c.get("data", {}).get("volume")
         ]
@@ -523,6 +517,10 @@ def run_demo() -> int:
     except (KeyboardInterrupt, asyncio.CancelledError):
         console.print("taskmgrd demo: interrupted; simulator and daemon stopped", style="yellow")
         return 130
+    except Exception as e:  # the stack could not start, or a bug: say so, still clean up
+        console.print_exception()
+        console.print(f"taskmgrd demo: FAILED: {e}", style="bold red", markup=False)
+        return 1
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     took = time.monotonic() - started

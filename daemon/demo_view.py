@@ -62,7 +62,8 @@ class DemoJob:
 
     def failures(self) -> list[str]:
         """What went wrong with this job: an unexpected end, then every check that failed."""
-        wrong = [] if self.status == self.expect else [f"ended {self.status}, not {self.expect}"]
+        state = "ended" if self.ended else "still"
+        wrong = [] if self.status == self.expect else [f"{state} {self.status}, not {self.expect}"]
         return wrong + [c.what for c in self.checks if not c.ok]
 
 

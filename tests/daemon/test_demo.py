@@ -178,6 +178,9 @@ def test_a_job_that_ends_otherwise_or_fails_a_check_fails_the_demo() -> None:
     job.check("no task left", True)
     assert job.failures() == ["ended FINISHED, not ABORTED", "its disks are gone"]
     assert DemoJob("x", "", view(status="ABORTED"), expect="ABORTED").failures() == []
+    assert DemoJob("x", "", view(status="CANCELLING"), expect="ABORTED").failures() == [
+        "still CANCELLING, not ABORTED"
+    ]
 
 
 def test_a_deep_tmpdir_still_leaves_room_for_the_socket_path(

@@ -9,6 +9,7 @@ running (every child inherits it). Its runtime is not asserted: bench/ is where 
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
 import signal
@@ -19,9 +20,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from daemon.demo import make_workdir
-from daemon.demo_view import DemoJob, cancel_summary, current_step, task_summary
+from daemon.demo_view import Board, DemoJob, cancel_summary, current_step, task_summary
 
 EXPECTED = {  # job label -> (final status, cancel as the summary shows it)
     "refresh": ("FINISHED", "-"),
@@ -201,3 +203,45 @@ def test_a_deep_tmpdir_still_leaves_room_for_the_socket_path(
     workdir = make_workdir()
     assert workdir.parent == shallow  # TMPDIR is used when the path fits
     workdir.rmdir()
+
+
+def cancelling_job() -> DemoJob:
+    steps = [
+        {"description": "Migrating VM 1 from host3 to host1", "status": "STARTED", "steps": []}
+    ]
+    cancel = {"mode": "stop", "outcome": "", "late": False}
+    return DemoJob(
+        "maint host3",
+        "4 monitor",
+        view(action="SetHostMaintenance", status="CANCELLING", steps=steps, cancel=cancel),
+    )
+
+
+def test_the_live_table_fits_narrow_and_wide_terminals() -> None:
+    for width in (100, 160):
+        out = io.StringIO()
+        console = Console(file=out, width=width, force_terminal=True, color_system=None)
+        board = Board(console)
+        board.jobs["j1"] = cancelling_job()
+        board.hosts = [{"name": "host1", "status": "UP", "spm": True}]
+        board.note("part 2: cancels")
+        console.print(board.render())
+        text = out.getvalue()
+        assert all(len(line) <= width for line in text.splitlines())
+        for shown in ("maint host3", "CANCELLING", "stop: …", "host1 (SPM) UP", "part 2"):
+            assert shown in text, (width, text)
+        assert ("4 monitor" in text) is (width >= 130)  # the scenario only where it fits
+
+
+def test_plain_output_prints_a_row_when_it_changes() -> None:
+    out = io.StringIO()
+    board = Board(Console(file=out, width=120))  # not a terminal: plain lines
+    job = cancelling_job()
+    board.show(job)
+    board.show(job)  # unchanged: not printed again
+    job.view = {**job.view, "status": "ABORTED", "cancel": {"mode": "stop", "outcome": "stopped"}}
+    board.show(job)
+    rows = [line for line in out.getvalue().splitlines() if "maint host3" in line]
+    assert len(rows) == 2
+    assert "CANCELLING" in rows[0] and "ABORTED" in rows[1] and "stop: stopped" in rows[1]
+    assert "\x1b[" not in out.getvalue()

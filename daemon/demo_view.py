@@ -163,34 +163,32 @@ class Board:
             )
 
     def render(self) -> RenderableType:
-        wide = self.console.width >= 130  # scenario and step count only where they fit
+        wide = self.console.width >= 130  # scenario and action only where they fit
         table = Table(title="taskmgrd jobs (GET /api/v1/jobs/{id})", expand=True)
         table.add_column("job", no_wrap=True)
         if wide:
             table.add_column("scenario", no_wrap=True)
-        table.add_column("action", no_wrap=True)
+            table.add_column("action", no_wrap=True)
         table.add_column("status", no_wrap=True, min_width=10)
+        table.add_column("steps", justify="right", no_wrap=True)  # ended / all: the progress
         # the step gives way on a narrow terminal (ellipsis); tasks and cancel wrap
-        table.add_column("current step", no_wrap=True, overflow="ellipsis", ratio=1, min_width=20)
+        table.add_column("current step", no_wrap=True, overflow="ellipsis", ratio=1, min_width=16)
         table.add_column("tasks (VDSM)")
-        if wide:
-            table.add_column("steps", justify="right", no_wrap=True)
         table.add_column("cancel")
         table.add_column("time", justify="right", no_wrap=True)
         for job in self.jobs.values():
             ended, total = step_counts(job.view)
             cells: list[RenderableType] = [job.label]
             if wide:
-                cells.append(job.scenario)
+                cells += [job.scenario, job.view["action"]]
             cells += [
-                job.view["action"],
                 styled(job.status),
+                f"{ended}/{total}",
                 current_step(job.view),
                 task_summary(job.view),
+                cancel_summary(job.view),
+                f"{duration(job.view):.1f}s",
             ]
-            if wide:
-                cells.append(f"{ended}/{total}")
-            cells += [cancel_summary(job.view), f"{duration(job.view):.1f}s"]
             table.add_row(*cells)
         hosts = Text("hosts: ")
         for h in self.hosts:

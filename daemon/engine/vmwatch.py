@@ -12,6 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+# lib/vdsm/virt/vmexitreason.py: the exit reasons a Down VM reports that commands wait for
+MIGRATION_SUCCEEDED = 4
+SAVE_STATE_SUCCEEDED = 5  # hibernated: Down with its memory on the hibernation volumes
+
 
 @dataclass
 class VmState:

@@ -239,3 +239,20 @@ async def test_refused_when_the_vm_is_not_up(tmp_path: Path) -> None:
         assert s.daemon.registry.job_tasks(job.id) == []
         steps = step_types(s, job.id)
         assert steps == [("VALIDATING", StepStatus.FAILED.value, [])]
+
+
+async def test_vm_destroyed_while_saving_fails_and_removes_the_volumes(tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as s:
+        s.sim.cluster.hosts[VM_HOST].gate.hold()
+        vm = add_vm(s)
+        job = await s.submit("HibernateVm", {"vm": vm.vm_id})
+        await saving(s, vm)
+        s.sim.cluster.fleet.destroy(VM_HOST, vm.vm_id)  # someone powers it off meanwhile
+        job = await s.wait_job(job)
+        assert job.status is JobStatus.FAILED
+        # the Down event or the status poll's NoSuchVM tells first, whichever comes first
+        assert job.error is not None
+        assert "went down on host2 without saving" in job.error or "disappeared" in job.error
+        assert ("SAVING_STATE", "FAILED", []) in step_types(s, job.id)
+        assert memory_volumes(s) == {}  # end_with_failure reverted the volume tasks
+        assert_settled(s, job.id)

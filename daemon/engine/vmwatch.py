@@ -12,9 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-# lib/vdsm/virt/vmexitreason.py: the exit reasons a Down VM reports that commands wait for
-MIGRATION_SUCCEEDED = 4
-SAVE_STATE_SUCCEEDED = 5  # hibernated: Down with its memory on the hibernation volumes
+# lib/vdsm/virt/vmexitreason.py: a Down VM hibernated, its memory on the hibernation volumes
+SAVE_STATE_SUCCEEDED = 5
 
 
 @dataclass

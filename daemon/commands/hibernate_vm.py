@@ -26,8 +26,8 @@ from daemon.engine.command import CommandBase, CommandFailed
 from daemon.engine.policy import ActionSpec, CancelPolicy, Param
 from daemon.engine.vmwatch import SAVE_STATE_SUCCEEDED, VmState
 from daemon.errors import Conflict, NotFound
-from daemon.model import CancelMode, LockKind, Step, StepStatus, StepType, new_id
-from daemon.vdsm.errors import VdsmCallError
+from daemon.model import CancelMode, LockKind, Step, StepStatus, StepType, TaskStatus, new_id
+from daemon.vdsm.errors import UnknownTask, VdsmCallError
 from daemon.vdsm.verbs import VdsmHost
 
 MIB = 1024 * 1024
@@ -213,26 +213,29 @@ class HibernateVm(CommandBase):
         """VM.migrateCancel while the VM saves; the volume tasks are the coordinator's.
 
         A VM found already saved means VDSM finished before the cancel reached it: the
-        hibernation stands. Under stop that is completed work kept (`late`); under revert the
-        memory volumes hold the VM's only state, so reverting their tasks would destroy the VM:
-        the cancel is refused as too late and nothing is undone.
+        hibernation stands, and its memory volumes hold the VM's only state. Their tasks are
+        cleared here, before the coordinator could revert them (a cleared task cannot be
+        reverted, so not even a stop escalated to revert later can take the state away); the
+        Down VM goes from its host as at the end. Under stop that is completed work kept
+        (`late`); a revert is refused as too late and the job fails with that reason.
         """
         if not self.data("hibernating"):
             return []  # VM.hibernate was never sent
         vm, host = self.params["vm"], self.data("host")
-        outcome = await self._stop_saving()
+        # A repeated call (the coordinator retries an unreachable host) must not mistake the
+        # VM this path already removed for one that went down unsaved.
+        if self.data("saved_before_cancel"):
+            outcome = SaveOutcome.SAVED
+        else:
+            outcome = await self._stop_saving()
         if outcome is SaveOutcome.SAVED:
             self._end_step(StepStatus.FINISHED)
-            await self.remember(completed_before_cancel=True)
+            await self.remember(saved_before_cancel=True, completed_before_cancel=True)
+            await self._keep_volumes()
             with contextlib.suppress(VdsmCallError):
                 await self.vdsm(host).destroy_vm(vm)  # as end_action: the Down VM goes
             if mode is CancelMode.REVERT:
-                cancel = self.job.cancel
-                if cancel is not None:  # the coordinator records nothing of a raising on_cancel
-                    cancel.late = True
-                    cancel.actions.append(
-                        {"action": "too_late", "command": self.record.id, "at": model.now()}
-                    )
+                self._record({"action": "too_late", "command": self.record.id, "late": True})
                 raise TooLateToRevert(
                     f"VM {vm} was already down with its state saved when the cancel reached "
                     f"{host}: past the point of no return, the hibernation stands and its memory "
@@ -245,6 +248,25 @@ class HibernateVm(CommandBase):
         if outcome is SaveOutcome.DOWN:
             return [f"VM {vm} is down on {host} without a saved state"]
         return []
+
+    async def _keep_volumes(self) -> None:
+        """Task.clear the memory volumes' finished tasks on the pool's SPM, now."""
+        for task in self.tasks():
+            if task.status not in (TaskStatus.ENDED, TaskStatus.CLEARING) or not task.vdsm_id:
+                continue
+            self.registry.set_task_status(task, TaskStatus.CLEARING)
+            spm = await self.ctx.hosts.spm(task.pool)
+            with contextlib.suppress(UnknownTask):  # cleared by an attempt whose reply was lost
+                await self.vdsm(spm).clear_task(task.vdsm_id)
+            self.registry.set_task_status(task, TaskStatus.CLEARED)
+            self._record({"action": "cleared", "task": task.vdsm_id, "host": spm})
+
+    def _record(self, action: dict[str, Any]) -> None:
+        """An entry in the job's cancel record, shaped as the coordinator's own."""
+        cancel = self.job.cancel
+        if cancel is not None:
+            cancel.late = cancel.late or bool(action.pop("late", False))
+            cancel.actions.append({**action, "at": model.now()})
 
     async def _stop_saving(self) -> SaveOutcome:
         """VM.migrateCancel, then wait until the save is over one way or the other."""

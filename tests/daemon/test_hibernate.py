@@ -7,6 +7,7 @@ end, the VM host's gate holds the save at its end (under the VM's id).
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from pathlib import Path
 
@@ -191,12 +192,13 @@ async def test_cancel_after_the_save_is_too_late(tmp_path: Path) -> None:
         assert_settled(s, job.id)
 
 
-@pytest.mark.parametrize("mode", [CancelMode.STOP, CancelMode.REVERT])
+@pytest.mark.parametrize("mode", ["stop", "revert", "stop, then revert"])
 async def test_a_save_that_completed_before_the_cancel_stands(
-    tmp_path: Path, mode: CancelMode, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The race: VDSM saved the VM but the daemon has not heard yet when the cancel lands.
-    The daemon is kept deaf (no VM reports, no status poll) until the cancel is committed."""
+    The daemon is kept deaf (no VM reports, no status poll) until the cancel is committed.
+    However the cancel goes on, the memory volumes, the VM's only state, must stay."""
     monkeypatch.setattr(HibernateVm, "poll_seconds", 3600.0)
     async with running_stack(tmp_path) as s:
         gate = s.sim.cluster.hosts[VM_HOST].gate
@@ -210,9 +212,19 @@ async def test_a_save_that_completed_before_the_cancel_stands(
         hosts.on_vm_report.clear()
         gate.release(vm.vm_id)
         await until_sim(lambda: vm.status is VmStatus.DOWN)
-        await s.daemon.cancels.cancel(job.id, mode=mode, requester=1000)
+        first = CancelMode.REVERT if mode == "revert" else CancelMode.STOP
+        await s.daemon.cancels.cancel(job.id, mode=first, requester=1000)
         hosts.on_vm_event.extend(feeds[0])
         hosts.on_vm_report.extend(feeds[1])
+        reg = s.daemon.registry
+        if mode == "stop, then revert":
+            record = reg.jobs[job.id].cancel
+            assert record is not None
+            await until(
+                s, job.id, lambda: any("already saved" in a["action"] for a in record.actions)
+            )
+            with contextlib.suppress(CancelRefused):  # refused once the stop is clearing
+                await s.daemon.cancels.cancel(job.id, mode=CancelMode.REVERT, requester=1000)
         job = await s.wait_job(job)
         assert job.cancel is not None and job.cancel.late
         # the hibernation stands: the VM stays saved and its memory volumes are kept
@@ -220,14 +232,14 @@ async def test_a_save_that_completed_before_the_cancel_stands(
         assert vm_status(s, vm) is None  # the Down VM was removed from its host, as at the end
         assert sorted(memory_volumes(s).values()) == [vm.vm_id, vm.vm_id]
         assert ("SAVING_STATE", "FINISHED", []) in step_types(s, job.id)
-        if mode is CancelMode.STOP:
-            assert job.status is JobStatus.ABORTED, job.error
-            assert any("already saved" in a["action"] for a in job.cancel.actions)
-            assert_settled(s, job.id)
-        else:
+        assert not any(a["action"] == "reverted" for a in job.cancel.actions)
+        if mode == "revert":
             assert job.status is JobStatus.FAILED
             assert job.error is not None and "past the point of no return" in job.error
-            assert not any(a["action"] == "reverted" for a in job.cancel.actions)
+        else:
+            assert job.status is JobStatus.ABORTED, job.error
+            assert any("already saved" in a["action"] for a in job.cancel.actions)
+        assert_settled(s, job.id)  # the volumes' tasks were cleared, none left to the reaper
 
 
 async def test_refused_when_the_vm_is_not_up(tmp_path: Path) -> None:

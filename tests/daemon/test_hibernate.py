@@ -16,7 +16,7 @@ import pytest
 from daemon.commands.hibernate_vm import HibernateVm
 from daemon.engine.cancel import CancelRefused
 from daemon.model import CancelMode, JobStatus, StepStatus, TaskStatus
-from tests.daemon.stack import Stack, running_stack
+from tests.daemon.stack import Stack, running_stack, start_sim
 from tests.daemon.test_cancel import spm_host, until, until_sim
 from vdsm_simulator.vms import SimVm, VmStatus
 
@@ -268,3 +268,28 @@ async def test_vm_destroyed_while_saving_fails_and_removes_the_volumes(tmp_path:
         assert ("SAVING_STATE", "FAILED", []) in step_types(s, job.id)
         assert memory_volumes(s) == {}  # end_with_failure reverted the volume tasks
         assert_settled(s, job.id)
+
+
+async def test_restart_while_saving_resumes_without_a_second_hibernate(tmp_path: Path) -> None:
+    sim = await start_sim()
+    try:
+        gate = sim.cluster.hosts[VM_HOST].gate
+        gate.hold()
+        async with running_stack(tmp_path, sim=sim) as s:
+            vm = add_vm(s)
+            job = await s.submit("HibernateVm", {"vm": vm.vm_id})
+            await saving(s, vm)
+            root = s.daemon.executor.root_of(job)
+            await until(s, job.id, lambda: bool(root.data.get("hibernate_sent")))
+        save = vm.migration  # VDSM's source thread of this save
+        async with running_stack(tmp_path, sim=sim) as s:
+            job = s.daemon.registry.jobs[job.id]
+            assert job.status is JobStatus.STARTED
+            gate.open()
+            job = await s.wait_job(job)
+            assert job.status is JobStatus.FINISHED, job.error
+            assert vm.migration is save  # the save under way was waited for, not started again
+            assert sorted(memory_volumes(s).values()) == [vm.vm_id, vm.vm_id]
+            assert_settled(s, job.id)
+    finally:
+        await sim.stop()

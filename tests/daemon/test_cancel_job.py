@@ -46,6 +46,10 @@ async def held_disk_jobs(s: Stack, count: int) -> list[Job]:
 async def test_a_batch_of_cancels_each_audited(tmp_path: Path) -> None:
     async with running_stack(tmp_path) as s:
         before = s.volumes()
+        s.sim.cluster.hosts["host2"].gate.hold()  # holds the VM's save at its end
+        vm = s.sim.cluster.fleet.add_vm(str(uuid.uuid4()), "sleepy", "host2")
+        hibernate = await s.submit("HibernateVm", {"vm": vm.vm_id})
+        await until_sim(lambda: vm.vm_id in s.sim.cluster.hosts["host2"].gate.held())
         stopped, reverted = await held_disk_jobs(s, 2)
         cancels = await s.daemon.executor.submit_batch(
             [
@@ -54,6 +58,7 @@ async def test_a_batch_of_cancels_each_audited(tmp_path: Path) -> None:
                     "action": "CancelJob",
                     "params": {"job": reverted.id, "mode": "revert", "reason": "wrong size"},
                 },
+                {"action": "CancelJob", "params": {"job": hibernate.id, "mode": "revert"}},
             ],
             owner=1000,
         )
@@ -63,7 +68,7 @@ async def test_a_batch_of_cancels_each_audited(tmp_path: Path) -> None:
                 s, target.id, lambda t=target: all(x.stop_sent for x in reg.job_tasks(t.id))
             )
         s.sim.cluster.hosts[spm_host(s)].gate.open()
-        for cancel_job, target in zip(cancels, (stopped, reverted), strict=True):
+        for cancel_job, target in zip(cancels[:2], (stopped, reverted), strict=True):
             done = await s.wait_job(cancel_job)
             assert done.status is JobStatus.FINISHED, done.error
             ended = reg.jobs[target.id]
@@ -80,7 +85,13 @@ async def test_a_batch_of_cancels_each_audited(tmp_path: Path) -> None:
             assert view["commands"][0]["data"]["decision"]["accepted"] is True
         assert reg.jobs[reverted.id].cancel.mode.value == "revert"  # type: ignore[union-attr]
         assert reg.jobs[reverted.id].cancel.reason.startswith("wrong size")  # type: ignore[union-attr]
-        assert cancels[0].correlation_id == cancels[1].correlation_id
+        audit = await s.wait_job(cancels[2])
+        assert audit.status is JobStatus.FINISHED, audit.error
+        assert audit.result is not None
+        assert any("VM.migrateCancel" in a for a in audit.result["other_actions"])
+        assert len(audit.result["tasks_reverted"]) == 2  # both memory volumes removed
+        assert vm.status.value == "Up"
+        assert len({c.correlation_id for c in cancels}) == 1
         assert s.volumes() == before
         assert all(table == [] for table in s.sim_tasks().values())
 

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from daemon.commands import public_actions
+from daemon.commands.cancel_job import cancel_summary
 from daemon.config import Config
 from daemon.engine.cancel import CancelRefused
-from daemon.model import Job, JobStatus, TaskStatus
+from daemon.model import CancelMode, CancelRecord, Job, JobStatus, TaskStatus
 from tests.daemon.api_support import short_dir
 from tests.daemon.stack import Stack, running_stack
 from tests.daemon.test_cancel import spm_host, until, until_sim
@@ -263,3 +264,41 @@ async def test_only_the_owner_may_submit_a_cancel_job(tmp_path: Path) -> None:
             assert (await s.wait_job(foreign)).status is JobStatus.FINISHED  # untouched
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_summary_names_children_that_never_ran() -> None:
+    """A child held before it sent anything (no task, no action of its own) never ran; one that
+    owns a task, or whose own cancel verb was sent, did."""
+    record = CancelRecord(CancelMode.REVERT, 1000, 0.0, outcome="reverted", late=True)
+    record.actions = [
+        {"action": "stopped", "task": "t1", "host": "host1"},
+        {"action": "VM.migrateCancel on host1: VM stays on its source", "command": "c3"},
+        {"action": "reverted", "task": "t1", "host": "host1"},
+        {"action": "cleared", "task": "t1", "host": "host1"},
+    ]
+    target = Job("j", "SetHostMaintenance", {}, 1000, "cid", "", status=JobStatus.ABORTED)
+    target.cancel = record
+
+    def command(cid: str, parent: str | None, phase: str, status: str) -> dict[str, Any]:
+        return {"id": cid, "action": "X", "parent_id": parent, "status": status,
+                "data": {"phase": phase}}  # fmt: skip
+
+    view = {
+        "commands": [
+            command("root", None, "wait", "CANCELLED"),
+            command("c1", "root", "execute", "CANCELLED"),  # held: never ran
+            command("c2", "root", "execute", "CANCELLED"),  # its task was stopped
+            command("c3", "root", "execute", "CANCELLED"),  # its migration was cancelled
+            command("c4", "root", "wait", "CANCELLED"),  # it ran
+        ],
+        "tasks": [{"command_id": "c2"}],
+    }
+    summary = cancel_summary(view, target)
+    assert summary["children_not_run"] == [{"command": "c1", "action": "X"}]
+    assert (summary["tasks_stopped"], summary["tasks_reverted"], summary["tasks_cleared"]) == (
+        ["t1"],
+        ["t1"],
+        ["t1"],
+    )
+    assert summary["other_actions"] == ["VM.migrateCancel on host1: VM stays on its source"]
+    assert (summary["mode"], summary["outcome"], summary["late"]) == ("revert", "reverted", True)

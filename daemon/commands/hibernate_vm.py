@@ -27,7 +27,13 @@ from daemon.engine.policy import ActionSpec, CancelPolicy, Param
 from daemon.engine.vmwatch import SAVE_STATE_SUCCEEDED, VmState
 from daemon.errors import Conflict, NotFound
 from daemon.model import CancelMode, LockKind, Step, StepStatus, StepType, TaskStatus, new_id
-from daemon.vdsm.errors import UnknownTask, VdsmCallError
+from daemon.vdsm.errors import (
+    ClientTimeout,
+    ConnectionLost,
+    RecoveryInProgress,
+    UnknownTask,
+    VdsmCallError,
+)
 from daemon.vdsm.verbs import VdsmHost
 
 MIB = 1024 * 1024
@@ -163,6 +169,8 @@ class HibernateVm(CommandBase):
                 raise CommandFailed(f"VM {vm} went down on {host} without saving: {reason}")
             try:
                 status = await self.vdsm(host).migration_status(vm)
+            except (ClientTimeout, ConnectionLost, RecoveryInProgress):
+                status = {}  # the host cannot answer now; the save goes on without us: wait
             except VdsmCallError as e:
                 if e.vdsm_code != 1:
                     raise

@@ -10,12 +10,15 @@ from __future__ import annotations
 import contextlib
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from daemon.commands.hibernate_vm import HibernateVm
 from daemon.engine.cancel import CancelRefused
 from daemon.model import CancelMode, JobStatus, StepStatus, TaskStatus
+from daemon.vdsm.errors import VdsmCallError
+from daemon.vdsm.verbs import VdsmHost
 from tests.daemon.stack import Stack, running_stack, start_sim
 from tests.daemon.test_cancel import spm_host, until, until_sim
 from vdsm_simulator.vms import SimVm, VmStatus
@@ -293,3 +296,36 @@ async def test_restart_while_saving_resumes_without_a_second_hibernate(tmp_path:
             assert_settled(s, job.id)
     finally:
         await sim.stop()
+
+
+async def test_a_host_that_cannot_answer_while_saving_is_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """VDSM answering 99 (restarting) to the status poll does not fail the hibernation."""
+    monkeypatch.setattr(HibernateVm, "poll_seconds", 0.01)
+    async with running_stack(tmp_path) as s:
+        gate = s.sim.cluster.hosts[VM_HOST].gate
+        gate.hold()
+        vm = add_vm(s)
+        job = await s.submit("HibernateVm", {"vm": vm.vm_id})
+        await saving(s, vm)
+        refused: list[int] = []
+        real = VdsmHost.migration_status
+
+        async def counted(host: VdsmHost, vm_id: str) -> dict[str, Any]:
+            try:
+                return await real(host, vm_id)
+            except VdsmCallError as e:
+                refused.append(e.vdsm_code)
+                raise
+
+        monkeypatch.setattr(VdsmHost, "migration_status", counted)
+        faults = s.sim.cluster.hosts[VM_HOST].faults
+        faults.settings.recovering = True
+        await until_sim(lambda: refused.count(99) >= 3)
+        assert s.daemon.registry.jobs[job.id].status is JobStatus.STARTED
+        faults.clear()
+        gate.release(vm.vm_id)
+        job = await s.wait_job(job)
+        assert job.status is JobStatus.FINISHED, job.error
+        assert sorted(memory_volumes(s).values()) == [vm.vm_id, vm.vm_id]

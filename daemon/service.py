@@ -46,6 +46,7 @@ class Daemon:
         self.executor = Executor(self.registry, self.hosts, dict(ACTIONS))
         self.reaper = Reaper(self.registry, self.hosts, grace=config.retention.orphan_grace_seconds)
         self.cancels = CancelCoordinator(self.registry, self.hosts, self.executor)
+        self.executor.cancels = self.cancels  # the CancelJob action submits through it
         self._api: Any = None
         self._background: list[asyncio.Task[None]] = []
 

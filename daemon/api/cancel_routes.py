@@ -45,6 +45,27 @@ def _view(request: web.Request, job_id: str, decision: CancelDecision | None) ->
     return view
 
 
+def may_cancel(request: web.Request, peer: Peer, job_id: str, owner: int) -> None:
+    """DESIGN rule 8, for the cancel route and for CancelJob submitted as a job alike."""
+    if owner != peer.uid and not _privileged(request, peer):
+        raise Forbidden(
+            f"job {job_id} belongs to uid {owner}; only its owner, root or the "
+            "admin group may cancel it"
+        )
+
+
+def check_cancel_jobs(request: web.Request, peer: Peer, entries: list[tuple[Any, Any]]) -> None:
+    """Refuse a submission whose CancelJob entries name a job the caller may not cancel (403,
+    nothing created). An unknown target is left to CancelJob's own check (its job FAILS)."""
+    registry = request.app[DAEMON_KEY].registry
+    for action, params in entries:
+        if action != "CancelJob" or not isinstance(params, dict):
+            continue
+        target = registry.jobs.get(params["job"]) if isinstance(params.get("job"), str) else None
+        if target is not None:
+            may_cancel(request, peer, target.id, target.owner)
+
+
 async def cancel_job(request: web.Request) -> web.Response:
     check_query(request, ())
     peer = require_peer(request)
@@ -55,11 +76,7 @@ async def cancel_job(request: web.Request) -> web.Response:
         raise NotFound(f"no job {job_id!r}")
     mode, reason, force = _args(expect_object(await read_json(request) or {}, FIELDS, "cancel"))
     privileged = _privileged(request, peer)
-    if job.owner != peer.uid and not privileged:
-        raise Forbidden(
-            f"job {job_id} belongs to uid {job.owner}; only its owner, root or the "
-            "admin group may cancel it"
-        )
+    may_cancel(request, peer, job_id, job.owner)
     decision = await daemon.cancels.cancel(
         job_id, mode=mode, reason=reason, force=force, requester=peer.uid, privileged=privileged
     )

@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from daemon.engine.reaper import Reaper
 from daemon.events import EventHub
 from daemon.hosts import HostManager
 from daemon.registry import Registry
+from daemon.sdnotify import Inherited
 from daemon.store import Store
 
 log = logging.getLogger("taskmgrd")
@@ -49,7 +49,9 @@ class Daemon:
         self._api: Any = None
         self._background: list[asyncio.Task[None]] = []
 
-    async def start(self, *, api: bool = True) -> None:
+    async def start(self, *, api: bool = True, inherited: Inherited | None = None) -> None:
+        """Load, reconnect, resume, then serve the API (on `inherited`, systemd's socket, if
+        given)."""
         await self.store.open()
         await self.registry.load()
         self.hosts.on_vm_report.append(self.executor.vms.host_snapshot)
@@ -76,9 +78,10 @@ class Daemon:
 
             self._api = await start_api(
                 build_app(self),
-                self.config.daemon.socket,
+                inherited.path if inherited else self.config.daemon.socket,
                 mode=self.config.daemon.socket_mode,
                 group=self.config.daemon.socket_group,
+                inherited=inherited.sock if inherited else None,
             )
 
     async def stop(self) -> None:
@@ -164,20 +167,6 @@ def _run(coro: Any) -> Any:
     return uvloop.run(coro)
 
 
-async def _serve(config: Config) -> int:
-    daemon = Daemon(config)
-    await daemon.start()
-    log.info("taskmgrd %s ready on %s (db %s)", VERSION, config.daemon.socket, config.daemon.db)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("stopping")
-    await daemon.stop()
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="taskmgrd", description="task manager for VDSM hosts")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,19 +182,22 @@ def main(argv: list[str] | None = None) -> int:
         from daemon.demo import run_demo  # the demo alone pulls in the simulator
 
         return run_demo()
+
+    def load() -> Config:
+        return load_config(args.config).with_overrides(socket=args.socket, db=args.db)
+
     try:
-        config = load_config(args.config).with_overrides(socket=args.socket, db=args.db)
+        config = load()
     except ConfigError as e:
         print(f"taskmgrd: {e}", file=sys.stderr)
         return 2
     if args.command == "check-config":
         print(f"taskmgrd: configuration OK ({args.config or 'defaults'})")
         return 0
-    logging.basicConfig(
-        level=config.daemon.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    return int(_run(_serve(config)))
+    from daemon import lifecycle, logs
+
+    logs.setup(config.daemon.log_level)
+    return int(_run(lifecycle.serve(config, load)))
 
 
 if __name__ == "__main__":

@@ -117,9 +117,17 @@ def setup(level: str, *, stream: TextIO | None = None) -> logging.Handler:
     return handler
 
 
+# The daemon's own loggers (modules of `daemon`, and `taskmgrd`) follow [daemon] log_level;
+# libraries stay at INFO or above: aiosqlite's DEBUG lines repeat every SQL statement.
+OWN_LOGGERS = ("daemon", "taskmgrd")
+
+
 def set_level(level: str) -> None:
     """Change the level at run time (a reload)."""
-    logging.getLogger().setLevel(level.upper())
+    number = logging.getLevelNamesMapping()[level.upper()]
+    logging.getLogger().setLevel(max(number, logging.INFO))
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(number)
 
 
 def tag_jobs_with(correlation_of: CorrelationOf) -> None:

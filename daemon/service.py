@@ -19,7 +19,7 @@ from typing import Any
 
 from daemon import model
 from daemon.commands import ACTIONS
-from daemon.config import Config, ConfigError, load_config
+from daemon.config import Config, ConfigError, default_config_path, load_config
 from daemon.engine.cancel import CancelCoordinator
 from daemon.engine.executor import Executor
 from daemon.engine.reaper import Reaper
@@ -174,7 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run the daemon in the foreground")
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     for p in (run, check):
-        p.add_argument("--config", type=Path, help="TOML file (see config/taskmgrd.toml)")
+        p.add_argument(
+            "--config",
+            type=Path,
+            help="TOML file (see config/taskmgrd.toml); default: /etc/taskmgrd/taskmgrd.toml "
+            "if it exists, else the built-in defaults",
+        )
         p.add_argument("--socket", type=Path, help="unix socket of the API")
         p.add_argument("--db", type=Path, help="SQLite file")
     args = parser.parse_args(argv)
@@ -183,8 +188,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_demo()
 
+    path = args.config if args.config is not None else default_config_path()
+
     def load() -> Config:
-        return load_config(args.config).with_overrides(socket=args.socket, db=args.db)
+        return load_config(path).with_overrides(socket=args.socket, db=args.db)
 
     try:
         config = load()
@@ -192,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"taskmgrd: {e}", file=sys.stderr)
         return 2
     if args.command == "check-config":
-        print(f"taskmgrd: configuration OK ({args.config or 'defaults'})")
+        print(f"taskmgrd: configuration OK ({path or 'built-in defaults'})")
         return 0
     from daemon import lifecycle, logs
 

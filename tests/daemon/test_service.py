@@ -253,3 +253,21 @@ async def test_sighup_reload_adds_and_removes_hosts_without_disturbing_a_job(
         await daemon.close()
         notify.close()
         await sim.stop()
+
+
+async def test_an_unusable_inherited_socket_stops_the_start_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "taskmgrd.toml"
+    config.write_text("")
+    left, right = socket.socketpair()  # a connected stream socket: not one to listen on
+    daemon = await spawn(tmp_path, config, inherited=left)
+    try:
+        async with asyncio.timeout(20):
+            assert await daemon.proc.wait() == 1
+        assert "must be a listening AF_UNIX stream socket" in daemon.log.read_text()
+        assert not (tmp_path / "taskmgrd.db").exists(), "nothing is started"
+    finally:
+        await daemon.close()
+        left.close()
+        right.close()

@@ -1,0 +1,76 @@
+"""Reloading the configuration in place: what a new file changes (pure), and that a host with a
+running task is refused removal exactly as the API refuses it, kept in force, and removed by a
+later reload once its tasks have settled."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from daemon.config import Config, DaemonSection, HostEntry, PollingSection, TlsSection
+from daemon.reload import apply_reload, plan_reload
+from tests.daemon.stack import running_stack
+from tests.sim.conftest import wait_until
+
+POOL = "5849b030-626e-47cb-ad90-3ce782d831b3"
+H1 = HostEntry("host1", "10.0.0.1", 54321, POOL)
+H2 = HostEntry("host2", "10.0.0.2", 54321, POOL)
+H3 = HostEntry("host3", "10.0.0.3", 54321, POOL)
+
+
+def test_nothing_changed_is_an_empty_plan() -> None:
+    config = Config(hosts=(H1, H2))
+    assert plan_reload(config, dataclasses.replace(config, source="other.toml")).empty
+
+
+def test_plan_sorts_hosts_and_settings() -> None:
+    old = Config(hosts=(H1, H2))
+    moved = dataclasses.replace(H2, port=54322)
+    new = Config(
+        daemon=DaemonSection(log_level="DEBUG"),
+        polling=PollingSection(fast_interval=0.5),
+        hosts=(moved, H3),
+    )
+    plan = plan_reload(old, new)
+    assert (plan.add, plan.remove, plan.replace) == ((H3,), ("host1",), (moved,))
+    assert plan.log_level == "DEBUG" and plan.polling and not plan.retention
+    assert plan.needs_restart == ()
+
+
+def test_keys_only_a_start_applies_are_reported() -> None:
+    new = Config(
+        daemon=DaemonSection(socket=Path("/run/x.sock"), synchronous="NORMAL"),
+        tls=TlsSection(ca=Path("/etc/ca.pem")),
+    )
+    plan = plan_reload(Config(), new)
+    assert plan.needs_restart == ("[daemon] socket", "[daemon] synchronous", "[tls]")
+    assert plan.log_level is None and not plan.polling
+
+
+async def test_busy_host_is_kept_until_its_tasks_settle(tmp_path: Path) -> None:
+    async with running_stack(tmp_path, hosts=2, time_scale=0.01, task_seconds=300.0) as stack:
+        daemon = stack.daemon
+        first = daemon.config
+        job = await stack.submit(
+            "CreateDisk", {"pool": stack.pool, "domain": stack.domains[0], "size": 4096}
+        )
+        tasks = daemon.registry.job_tasks
+        await wait_until(lambda: any(t.vdsm_id for t in tasks(job.id)), timeout=10)
+        spm = tasks(job.id)[0].host
+        without_spm = dataclasses.replace(
+            first, hosts=tuple(h for h in first.hosts if h.name != spm), source="new.toml"
+        )
+
+        result = await apply_reload(daemon, without_spm)
+        assert len(result.problems) == 1
+        assert result.problems[0].startswith(f"host {spm} not removed: host {spm!r} still has 1")
+        assert spm in daemon.registry.hosts
+        assert set(daemon.config.hosts) == set(first.hosts)
+        assert daemon.registry.jobs[job.id].status == "STARTED"
+
+        done = await stack.wait_job(job)
+        assert done.status == "FINISHED"
+        again = await apply_reload(daemon, without_spm)
+        assert again.problems == ()
+        assert spm not in daemon.registry.hosts
+        assert daemon.config.hosts == without_spm.hosts

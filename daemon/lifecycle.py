@@ -18,8 +18,10 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from daemon import logs, model
 from daemon.api.server import ApiStartError
@@ -27,6 +29,7 @@ from daemon.config import Config, ConfigError
 from daemon.reload import apply_reload
 from daemon.sdnotify import ActivationError, Notifier, inherited_api_socket
 from daemon.service import VERSION, Daemon
+from daemon.store import StoreError
 
 log = logging.getLogger("taskmgrd")
 
@@ -63,6 +66,13 @@ async def _reload(daemon: Daemon, notifier: Notifier, load: Callable[[], Config]
     notifier.send(READY=1, STATUS=f"{result.summary()}; {status_line(daemon)}")
 
 
+async def _failed_start(daemon: Daemon, notifier: Notifier, reason: str) -> int:
+    log.error("cannot start: %s", reason)
+    notifier.send(STATUS=f"cannot start: {reason}")
+    await daemon.stop()
+    return 1
+
+
 async def serve(config: Config, load: Callable[[], Config]) -> int:
     """Run until SIGTERM/SIGINT; `load` rereads the configuration for a reload. Exit status:
     0 after a clean stop, 1 when the daemon could not start."""
@@ -89,12 +99,19 @@ async def serve(config: Config, load: Callable[[], Config]) -> int:
     notifier.send(STATUS="starting: loading jobs, connecting to hosts")
     try:
         await daemon.start(inherited=inherited)
-    except ApiStartError as e:
-        log.error("cannot start: %s", e)
-        notifier.send(STATUS=f"cannot start: {e}")
-        await daemon.stop()
-        return 1
+    # The state file or the socket cannot be used: say which and why and exit 1, no traceback.
+    except sqlite3.Error as e:
+        return await _failed_start(daemon, notifier, f"state file {config.daemon.db}: {e}")
+    except (ApiStartError, StoreError, OSError) as e:
+        return await _failed_start(daemon, notifier, str(e))
     socket = inherited.path if inherited else config.daemon.socket
+    if inherited and Path(inherited.path) != config.daemon.socket:
+        # Served all the same; but `taskmgr` looks for [daemon] socket and will not find it.
+        log.warning(
+            "systemd passed %s but [daemon] socket is %s; make them equal",
+            inherited.path,
+            config.daemon.socket,
+        )
     log.info("taskmgrd %s ready on %s (db %s)", VERSION, socket, config.daemon.db)
     notifier.send(READY=1, STATUS=status_line(daemon))
     watchdog = None

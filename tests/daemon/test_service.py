@@ -271,3 +271,17 @@ async def test_an_unusable_inherited_socket_stops_the_start_with_the_reason(
         await daemon.close()
         left.close()
         right.close()
+
+
+async def test_an_unusable_state_file_stops_the_start_with_the_reason(tmp_path: Path) -> None:
+    config = tmp_path / "taskmgrd.toml"
+    config.write_text("")
+    (tmp_path / "taskmgrd.db").mkdir()  # a directory where the SQLite file should be
+    daemon = await spawn(tmp_path, config)
+    try:
+        async with asyncio.timeout(20):
+            assert await daemon.proc.wait() == 1
+        first = daemon.log.read_text().splitlines()[0]
+        assert f"ERROR taskmgrd: cannot start: state file {tmp_path / 'taskmgrd.db'}: " in first
+    finally:
+        await daemon.close()

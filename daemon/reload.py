@@ -105,14 +105,7 @@ async def apply_reload(daemon: Daemon, new: Config) -> ReloadResult:
             dropped.add(entry.name)
             continue
         try:
-            await daemon.hosts.add_host(
-                entry.name,
-                entry.address,
-                entry.port,
-                entry.pool,
-                transport=entry.transport,
-                tls=entry.tls,
-            )
+            await daemon.add_configured_host(entry)
         except DaemonError as e:
             problems.append(f"host {entry.name} not added: {e}")
             dropped.add(entry.name)

@@ -19,7 +19,7 @@ from typing import Any
 
 from daemon import model
 from daemon.commands import ACTIONS
-from daemon.config import Config, ConfigError, default_config_path, load_config
+from daemon.config import Config, ConfigError, HostEntry, default_config_path, load_config
 from daemon.engine.cancel import CancelCoordinator
 from daemon.engine.executor import Executor
 from daemon.engine.reaper import Reaper
@@ -60,14 +60,7 @@ class Daemon:
         await self.hosts.start()
         for entry in self.config.hosts:
             if entry.name not in self.registry.hosts:
-                await self.hosts.add_host(
-                    entry.name,
-                    entry.address,
-                    entry.port,
-                    entry.pool,
-                    transport=entry.transport,
-                    tls=entry.tls,
-                )
+                await self.add_configured_host(entry)
         resumed = await self.executor.recover() + await self.cancels.recover()
         if resumed:
             log.info("resumed %d jobs after restart", len(resumed))
@@ -83,6 +76,17 @@ class Daemon:
                 group=self.config.daemon.socket_group,
                 inherited=inherited.sock if inherited else None,
             )
+
+    async def add_configured_host(self, entry: HostEntry) -> None:
+        """A [[hosts]] entry, through the same path as POST /api/v1/hosts (start and reload)."""
+        await self.hosts.add_host(
+            entry.name,
+            entry.address,
+            entry.port,
+            entry.pool,
+            transport=entry.transport,
+            tls=entry.tls,
+        )
 
     async def stop(self) -> None:
         if self._api is not None:

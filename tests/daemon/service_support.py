@@ -11,15 +11,15 @@ import os
 import signal
 import socket
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-ROOT = Path(__file__).resolve().parents[2]
-API = "http://taskmgrd/api/v1"
-TERMINAL = {"FINISHED", "FAILED", "ABORTED"}
+from tests.daemon import test_crash
+
+ROOT = test_crash.ROOT
+TERMINAL = test_crash.TERMINAL
 
 # How systemd hands over a listening socket: fd 3, LISTEN_FDS=1, and LISTEN_PID set to the pid
 # of the process it execs (exec keeps the pid, so this small launcher can set its own).
@@ -85,19 +85,8 @@ class NotifyListener:
         self.sock.close()
 
 
-@dataclass
-class DaemonProc:
-    proc: asyncio.subprocess.Process
-    socket: Path
-    log: Path
-    http: aiohttp.ClientSession = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.http = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(self.socket)))
-
-    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        async with self.http.request(method, API + path, json=body) as r:
-            return r.status, await r.json()
+class DaemonProc(test_crash.DaemonProc):
+    """test_crash's process handle, with the waits these tests need."""
 
     async def get(self, path: str) -> Any:
         status, doc = await self.request("GET", path)

@@ -76,7 +76,7 @@ class JobTagFilter(logging.Filter):
                 if name.startswith(prefix) and self.correlation_of(name[len(prefix) :]):
                     return name[len(prefix) :]
         args = record.args if isinstance(record.args, tuple) else ()
-        for arg in args:
+        for arg in args:  # job ids are canonical UUIDs (model.new_id): 36 characters
             if isinstance(arg, str) and len(arg) == 36 and self.correlation_of(arg):
                 return arg
         return None

@@ -5,8 +5,10 @@ later reload once its tasks have settled."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
+from daemon import logs
 from daemon.config import Config, DaemonSection, HostEntry, PollingSection, TlsSection
 from daemon.reload import apply_reload, plan_reload
 from tests.daemon.stack import running_stack
@@ -74,3 +76,28 @@ async def test_busy_host_is_kept_until_its_tasks_settle(tmp_path: Path) -> None:
         assert again.problems == ()
         assert spm not in daemon.registry.hosts
         assert daemon.config.hosts == without_spm.hosts
+
+
+async def test_polling_retention_and_log_level_apply_in_place(tmp_path: Path) -> None:
+    async with running_stack(tmp_path, hosts=1) as stack:
+        daemon = stack.daemon
+        old = daemon.config
+        new = dataclasses.replace(
+            old,
+            daemon=dataclasses.replace(old.daemon, log_level="ERROR", db=tmp_path / "other.db"),
+            polling=dataclasses.replace(old.polling, idle_interval=1.5, monitor_interval=0.3),
+            retention=dataclasses.replace(old.retention, orphan_grace_seconds=7.0),
+        )
+        levels = {name: logging.getLogger(name).level for name in ("", *logs.OWN_LOGGERS)}
+        try:
+            result = await apply_reload(daemon, new)
+        finally:
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+        assert result.problems == ("[daemon] db changed; it takes effect at the next restart",)
+        assert daemon.hosts.settings == new.host_settings()
+        assert daemon.hosts.settings.idle_interval == 1.5
+        assert daemon.reaper.grace == 7.0
+        # what needs a restart keeps the value in force, so the next reload reports it again
+        assert daemon.config.daemon.db == old.daemon.db
+        assert daemon.config.daemon.log_level == "ERROR"

@@ -3,7 +3,8 @@
 One process, one event loop: store → registry → hosts → executor → API. Start-up loads every job
 from SQLite, reconnects to the hosts, resumes what was running, and only then opens the API; a
 stop closes the API first, lets the store write what it holds, and leaves running jobs to resume
-on the next start.
+on the next start. Life as a systemd service (sd_notify, watchdog, SIGHUP reload, the bounded
+stop) is `daemon.lifecycle`; logging is `daemon.logs`.
 """
 
 from __future__ import annotations

@@ -50,8 +50,12 @@ def test_keys_only_a_start_applies_are_reported() -> None:
 
 
 async def test_busy_host_is_kept_until_its_tasks_settle(tmp_path: Path) -> None:
-    async with running_stack(tmp_path, hosts=2, time_scale=0.01, task_seconds=300.0) as stack:
+    async with running_stack(tmp_path, hosts=2) as stack:
         daemon = stack.daemon
+        pool = stack.sim.cluster.storage.pools[stack.pool]
+        assert pool.spm_host is not None
+        gate = stack.sim.cluster.hosts[pool.spm_host].gate
+        gate.hold()  # the task stays running until the gate opens
         first = daemon.config
         job = await stack.submit(
             "CreateDisk", {"pool": stack.pool, "domain": stack.domains[0], "size": 4096}
@@ -70,6 +74,7 @@ async def test_busy_host_is_kept_until_its_tasks_settle(tmp_path: Path) -> None:
         assert set(daemon.config.hosts) == set(first.hosts)
         assert daemon.registry.jobs[job.id].status == "STARTED"
 
+        gate.open()
         done = await stack.wait_job(job)
         assert done.status == "FINISHED"
         again = await apply_reload(daemon, without_spm)

@@ -36,11 +36,9 @@ from tests.daemon.service_support import (
 from tests.daemon.stack import start_sim
 from tests.sim.conftest import wait_until
 from vdsm_simulator.app import Simulator
+from vdsm_simulator.host import JobGate
 
 pytestmark = pytest.mark.timeout(90)
-
-# 3 s of real time per storage task: long enough to stop or reload the daemon in the middle.
-LONG_TASKS: dict[str, Any] = {"time_scale": 0.01, "task_seconds": 300.0}
 
 
 def pool_of(sim: Simulator) -> tuple[str, list[str]]:
@@ -66,6 +64,16 @@ async def running_task(daemon: DaemonProc, job_id: str) -> str:
             if ids:
                 return str(ids[0])
             await asyncio.sleep(0.02)  # polling the API for a condition, deadline above
+
+
+def hold_tasks(sim: Simulator) -> JobGate:
+    """Storage tasks on the SPM stay "running" until the gate opens: the stop or reload is
+    sure to come mid-task, however loaded the machine."""
+    pool = next(iter(sim.cluster.storage.pools.values()))
+    assert pool.spm_host is not None
+    gate = sim.cluster.hosts[pool.spm_host].gate
+    gate.hold()
+    return gate
 
 
 def sim_task_state(sim: Simulator, vdsm_id: str) -> str | None:
@@ -157,7 +165,8 @@ async def test_socket_activation_serves_the_inherited_socket(tmp_path: Path) -> 
 
 
 async def test_sigterm_mid_job_then_restart_completes_the_job(tmp_path: Path) -> None:
-    sim = await start_sim(1, **LONG_TASKS)
+    sim = await start_sim(1)
+    gate = hold_tasks(sim)
     config = tmp_path / "taskmgrd.toml"
     pool, _ = pool_of(sim)
     config.write_text(config_text(pool, sim.host_ports))
@@ -167,6 +176,7 @@ async def test_sigterm_mid_job_then_restart_completes_the_job(tmp_path: Path) ->
         await daemon.wait_api()
         job = await submit_disk(daemon, sim)
         vdsm_id = await running_task(daemon, job["id"])
+        await wait_until(lambda: gate.held() == [vdsm_id], timeout=10)
 
         assert await daemon.stop(signal.SIGTERM) == 0
         assert sim_task_state(sim, vdsm_id) == "running", "the stop must come mid-task"
@@ -177,6 +187,7 @@ async def test_sigterm_mid_job_then_restart_completes_the_job(tmp_path: Path) ->
 
         again = await spawn(tmp_path, config, name="taskmgrd.2")
         await again.wait_api()
+        gate.open()
         done = await again.wait_job(job["id"], TERMINAL)
         assert done["status"] == "FINISHED", done
         assert [t["vdsm_id"] for t in done["tasks"]] == [vdsm_id], "the verb ran twice"
@@ -191,7 +202,8 @@ async def test_sigterm_mid_job_then_restart_completes_the_job(tmp_path: Path) ->
 async def test_sighup_reload_adds_and_removes_hosts_without_disturbing_a_job(
     tmp_path: Path,
 ) -> None:
-    sim = await start_sim(2, **LONG_TASKS)
+    sim = await start_sim(2)
+    gate = hold_tasks(sim)
     notify = NotifyListener(tmp_path / "notify.sock")
     config = tmp_path / "taskmgrd.toml"
     pool, _ = pool_of(sim)
@@ -229,6 +241,7 @@ async def test_sighup_reload_adds_and_removes_hosts_without_disturbing_a_job(
         ), refused
         assert await host_statuses() == {"host1": "UP", "host2": "UP"}
 
+        gate.open()
         done = await daemon.wait_job(job["id"], TERMINAL)
         assert done["status"] == "FINISHED", done
         assert [t["vdsm_id"] for t in done["tasks"]] == [vdsm_id]

@@ -42,14 +42,25 @@ def status_line(daemon: Daemon) -> str:
     running = sum(1 for job in jobs if job.status not in model.JOB_TERMINAL)
     hosts = daemon.registry.hosts.values()
     up = sum(1 for host in hosts if host.status is model.HostStatus.UP)
-    return f"{running} jobs running; {up}/{len(daemon.registry.hosts)} hosts up"
+    return f"jobs running: {running}; hosts up: {up}/{len(daemon.registry.hosts)}"
 
 
-async def _watchdog(notifier: Notifier, interval: float) -> None:
-    """WATCHDOG=1 from the event loop itself: a loop blocked for WatchdogSec gets restarted."""
+STATUS_SECONDS = 5.0  # how often `systemctl status` is brought up to date
+
+
+async def _heartbeat(daemon: Daemon, notifier: Notifier) -> None:
+    """WATCHDOG=1 from the event loop itself at half WatchdogSec (a loop blocked that long gets
+    restarted), and STATUS= whenever what the daemon holds has changed."""
+    watchdog = notifier.watchdog_seconds
+    interval = min(watchdog / 2, STATUS_SECONDS) if watchdog else STATUS_SECONDS
+    shown = status_line(daemon)
     while True:
-        notifier.send(WATCHDOG=1)
         await asyncio.sleep(interval)
+        if watchdog:
+            notifier.send(WATCHDOG=1)
+        if (status := status_line(daemon)) != shown:
+            notifier.send(STATUS=status)
+            shown = status
 
 
 async def _reload(daemon: Daemon, notifier: Notifier, load: Callable[[], Config]) -> None:
@@ -114,9 +125,9 @@ async def serve(config: Config, load: Callable[[], Config]) -> int:
         )
     log.info("taskmgrd %s ready on %s (db %s)", VERSION, socket, config.daemon.db)
     notifier.send(READY=1, STATUS=status_line(daemon))
-    watchdog = None
-    if notifier.watchdog_seconds:
-        watchdog = asyncio.create_task(_watchdog(notifier, notifier.watchdog_seconds / 2))
+    heartbeat = None
+    if notifier.enabled:
+        heartbeat = asyncio.create_task(_heartbeat(daemon, notifier), name="heartbeat")
     try:
         while not stop.is_set():
             waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(reload.wait())]
@@ -135,10 +146,10 @@ async def serve(config: Config, load: Callable[[], Config]) -> int:
             # Every committed step is in SQLite already; what did not finish resumes at start.
             log.error("stop took longer than %g s; exiting anyway", STOP_DEADLINE)
     finally:
-        if watchdog is not None:
-            watchdog.cancel()
+        if heartbeat is not None:
+            heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await watchdog
+                await heartbeat
         notifier.close()
     log.info("stopped")
     return 0

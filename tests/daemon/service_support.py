@@ -160,3 +160,21 @@ async def spawn(
             pass_fds=pass_fds,
         )
     return DaemonProc(proc, api, log)
+
+
+def tcp_listeners(pid: int) -> list[str]:
+    """The local addresses of TCP sockets in LISTEN state that process `pid` holds (Linux)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    listening = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                cols = row.split()
+                if cols[3] == "0A" and cols[9] in inodes:  # 0A: TCP_LISTEN
+                    listening.append(cols[1])
+    return listening

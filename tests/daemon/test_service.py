@@ -32,6 +32,7 @@ from tests.daemon.service_support import (
     NotifyListener,
     config_text,
     spawn,
+    tcp_listeners,
 )
 from tests.daemon.stack import start_sim
 from tests.sim.conftest import wait_until
@@ -97,10 +98,11 @@ async def test_sd_notify_ready_watchdog_reload_stopping(tmp_path: Path) -> None:
         assert "READY" not in first
         ready = await notify.until("READY")
         assert ready["READY"] == "1"
-        assert ready["STATUS"] == "0 jobs running; 1/1 hosts up", ready
+        assert ready["STATUS"] == "jobs running: 0; hosts up: 1/1", ready
         # READY means ready: the API answers at once, no retry.
         status, health = await daemon.request("GET", "/health")
         assert status == 200, health
+        assert tcp_listeners(daemon.proc.pid) == [], "the API is a unix socket only"
 
         # WATCHDOG=1 every 0.1 s (half of WATCHDOG_USEC): at least two in a row.
         for _ in range(2):
@@ -209,7 +211,7 @@ async def test_sighup_reload_adds_and_removes_hosts_without_disturbing_a_job(
     pool, _ = pool_of(sim)
     host1 = {"host1": sim.host_ports["host1"]}
     config.write_text(config_text(pool, host1))
-    daemon = await spawn(tmp_path, config, notify=notify)
+    daemon = await spawn(tmp_path, config, notify=notify, env={"WATCHDOG_USEC": "400000"})
 
     async def reload() -> dict[str, str]:
         daemon.proc.send_signal(signal.SIGHUP)
@@ -223,6 +225,10 @@ async def test_sighup_reload_adds_and_removes_hosts_without_disturbing_a_job(
         await notify.until("READY")
         job = await submit_disk(daemon, sim)
         vdsm_id = await running_task(daemon, job["id"])
+        # `systemctl status` follows what the daemon holds.
+        async with asyncio.timeout(10):
+            while (await notify.until("STATUS"))["STATUS"] != "jobs running: 1; hosts up: 1/1":
+                pass
 
         config.write_text(config_text(pool, sim.host_ports, log_level="DEBUG"))
         reloaded = await reload()

@@ -73,7 +73,12 @@ async def _reload(daemon: Daemon, notifier: Notifier, load: Callable[[], Config]
         log.error("reload refused, configuration unchanged: %s", e)
         notifier.send(READY=1, STATUS=f"reload refused: {e}; {status_line(daemon)}")
         return
-    result = await apply_reload(daemon, new)
+    try:
+        result = await apply_reload(daemon, new)
+    except Exception as e:  # a bug in a reload must not take the running jobs down with it
+        log.exception("reload failed")
+        notifier.send(READY=1, STATUS=f"reload failed: {e}; {status_line(daemon)}")
+        return
     notifier.send(READY=1, STATUS=f"{result.summary()}; {status_line(daemon)}")
 
 
@@ -137,7 +142,7 @@ async def serve(config: Config, load: Callable[[], Config]) -> int:
             if reload.is_set() and not stop.is_set():
                 reload.clear()
                 await _reload(daemon, notifier, load)
-        log.info("stopping: API closed to new work; running jobs resume at the next start")
+        log.info("stopping: closing the API to new work; running jobs resume at the next start")
         notifier.send(STOPPING=1, STATUS=f"stopping; {status_line(daemon)}")
         try:
             async with asyncio.timeout(STOP_DEADLINE):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+DEFAULT_CONFIG = Path("/etc/taskmgrd/taskmgrd.toml")  # read when no --config is given, if present
 DEFAULT_SOCKET = Path("/run/taskmgrd/api.sock")
 DEFAULT_DB = Path("/var/lib/taskmgrd/taskmgrd.db")
 
@@ -311,6 +312,12 @@ def parse_config(text: str, source: str) -> Config:
         tls=_tls(source, _table(source, "tls", data.get("tls", {}))),
         source=source,
     )
+
+
+def default_config_path() -> Path | None:
+    """The installed file when there is one: `taskmgrd check-config` then checks what the
+    service reads. Without it the built-in defaults apply (a checkout, a test)."""
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
 
 
 def load_config(path: Path | None) -> Config:

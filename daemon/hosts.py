@@ -95,6 +95,12 @@ class HostManager:
             if host.name not in self._vdsm:
                 self._connect(host)
 
+    def update_settings(self, settings: HostSettings) -> None:
+        """A reload: monitors, pollers and SPM discovery use the new values from their next
+        round; call_timeout and [tls] apply to connections made from then on."""
+        self.settings = settings
+        self._spm.settings = settings
+
     def hosts(self) -> list[Host]:
         return sorted(self.registry.hosts.values(), key=lambda h: h.name)
 
@@ -191,12 +197,12 @@ class HostManager:
     # -- monitor -------------------------------------------------------------------------------
 
     async def _monitor(self, name: str) -> None:
-        settings = self.settings
         while True:
             host = self.registry.hosts.get(name)
             if host is None:
                 return
             await self._check(host)
+            settings = self.settings  # read each round: a reload may have replaced them
             delay = settings.monitor_interval
             over = host.failures - settings.failures_before_non_responsive
             if over >= 0:  # NON_RESPONSIVE: retry less and less often

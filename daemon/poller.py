@@ -66,8 +66,8 @@ class PoolPoller:
         self.wake.set()
 
     async def run(self) -> None:
-        settings = self.manager.settings
         while True:
+            settings = self.manager.settings  # read each round: a reload may replace them
             self.wake.clear()  # a poke from now on asks for one more poll after this one
             try:
                 ok = await self.poll_once()

@@ -3,7 +3,8 @@
 One process, one event loop: store → registry → hosts → executor → API. Start-up loads every job
 from SQLite, reconnects to the hosts, resumes what was running, and only then opens the API; a
 stop closes the API first, lets the store write what it holds, and leaves running jobs to resume
-on the next start.
+on the next start. Life as a systemd service (sd_notify, watchdog, SIGHUP reload, the bounded
+stop) is `daemon.lifecycle`; logging is `daemon.logs`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 import time
 from pathlib import Path
@@ -20,13 +20,14 @@ from typing import Any
 
 from daemon import model
 from daemon.commands import ACTIONS
-from daemon.config import Config, ConfigError, load_config
+from daemon.config import Config, ConfigError, HostEntry, default_config_path, load_config
 from daemon.engine.cancel import CancelCoordinator
 from daemon.engine.executor import Executor
 from daemon.engine.reaper import Reaper
 from daemon.events import EventHub
 from daemon.hosts import HostManager
 from daemon.registry import Registry
+from daemon.sdnotify import Inherited
 from daemon.store import Store
 
 log = logging.getLogger("taskmgrd")
@@ -46,10 +47,13 @@ class Daemon:
         self.executor = Executor(self.registry, self.hosts, dict(ACTIONS))
         self.reaper = Reaper(self.registry, self.hosts, grace=config.retention.orphan_grace_seconds)
         self.cancels = CancelCoordinator(self.registry, self.hosts, self.executor)
+        self.executor.cancels = self.cancels  # the CancelJob action submits through it
         self._api: Any = None
         self._background: list[asyncio.Task[None]] = []
 
-    async def start(self, *, api: bool = True) -> None:
+    async def start(self, *, api: bool = True, inherited: Inherited | None = None) -> None:
+        """Load, reconnect, resume, then serve the API (on `inherited`, systemd's socket, if
+        given)."""
         await self.store.open()
         await self.registry.load()
         self.hosts.on_vm_report.append(self.executor.vms.host_snapshot)
@@ -58,14 +62,7 @@ class Daemon:
         await self.hosts.start()
         for entry in self.config.hosts:
             if entry.name not in self.registry.hosts:
-                await self.hosts.add_host(
-                    entry.name,
-                    entry.address,
-                    entry.port,
-                    entry.pool,
-                    transport=entry.transport,
-                    tls=entry.tls,
-                )
+                await self.add_configured_host(entry)
         resumed = await self.executor.recover() + await self.cancels.recover()
         if resumed:
             log.info("resumed %d jobs after restart", len(resumed))
@@ -76,10 +73,22 @@ class Daemon:
 
             self._api = await start_api(
                 build_app(self),
-                self.config.daemon.socket,
+                inherited.path if inherited else self.config.daemon.socket,
                 mode=self.config.daemon.socket_mode,
                 group=self.config.daemon.socket_group,
+                inherited=inherited.sock if inherited else None,
             )
+
+    async def add_configured_host(self, entry: HostEntry) -> None:
+        """A [[hosts]] entry, through the same path as POST /api/v1/hosts (start and reload)."""
+        await self.hosts.add_host(
+            entry.name,
+            entry.address,
+            entry.port,
+            entry.pool,
+            transport=entry.transport,
+            tls=entry.tls,
+        )
 
     async def stop(self) -> None:
         if self._api is not None:
@@ -164,20 +173,6 @@ def _run(coro: Any) -> Any:
     return uvloop.run(coro)
 
 
-async def _serve(config: Config) -> int:
-    daemon = Daemon(config)
-    await daemon.start()
-    log.info("taskmgrd %s ready on %s (db %s)", VERSION, config.daemon.socket, config.daemon.db)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("stopping")
-    await daemon.stop()
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="taskmgrd", description="task manager for VDSM hosts")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -185,7 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run the daemon in the foreground")
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     for p in (run, check):
-        p.add_argument("--config", type=Path, help="TOML file (see config/taskmgrd.toml)")
+        p.add_argument(
+            "--config",
+            type=Path,
+            help="TOML file (see config/taskmgrd.toml); default: /etc/taskmgrd/taskmgrd.toml "
+            "if it exists, else the built-in defaults",
+        )
         p.add_argument("--socket", type=Path, help="unix socket of the API")
         p.add_argument("--db", type=Path, help="SQLite file")
     args = parser.parse_args(argv)
@@ -193,19 +193,24 @@ def main(argv: list[str] | None = None) -> int:
         from daemon.demo import run_demo  # the demo alone pulls in the simulator
 
         return run_demo()
+
+    path = args.config if args.config is not None else default_config_path()
+
+    def load() -> Config:
+        return load_config(path).with_overrides(socket=args.socket, db=args.db)
+
     try:
-        config = load_config(args.config).with_overrides(socket=args.socket, db=args.db)
+        config = load()
     except ConfigError as e:
         print(f"taskmgrd: {e}", file=sys.stderr)
         return 2
     if args.command == "check-config":
-        print(f"taskmgrd: configuration OK ({args.config or 'defaults'})")
+        print(f"taskmgrd: configuration OK ({path or 'built-in defaults'})")
         return 0
-    logging.basicConfig(
-        level=config.daemon.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    return int(_run(_serve(config)))
+    from daemon import lifecycle, logs
+
+    logs.setup(config.daemon.log_level)
+    return int(_run(lifecycle.serve(config, load)))
 
 
 if __name__ == "__main__":

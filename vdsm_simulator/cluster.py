@@ -79,7 +79,13 @@ class Cluster:
         self.storage = Storage(state_file)
         self.hosts: dict[str, SimHost] = {}
         self.aliases: dict[str, str] = {}  # address or address:port -> host name
-        self.fleet = VmFleet(self.clock, self._events_for, self.resolve_host)
+        self.fleet = VmFleet(
+            self.clock,
+            self._events_for,
+            self.resolve_host,
+            storage=self.storage,
+            gate_for=lambda name: self.hosts[name].gate,
+        )
         self._stores: dict[str, TaskStore] = {}
         self.restored = False
 

@@ -42,6 +42,10 @@ def register_vm_verbs(host: SimHost) -> None:
         await fleet.migrate(name, vmID, params)
         return True
 
+    async def hibernate(vmID: str, hibernationVolHandle: str) -> bool:
+        fleet.hibernate(name, vmID, hibernationVolHandle)
+        return True
+
     async def migrate_cancel(vmID: str) -> bool:
         fleet.migrate_cancel(name, vmID)
         return True
@@ -54,6 +58,7 @@ def register_vm_verbs(host: SimHost) -> None:
     t.add("VM.getStats", get_stats, vm)
     t.add("VM.migrate", migrate, vm, Param("params", "dict"))
     t.add("VM.migrateCancel", migrate_cancel, vm)
+    t.add("VM.hibernate", hibernate, vm, Param("hibernationVolHandle", "str"))
     t.add("VM.getMigrationStatus", migration_status, vm)
     listing = (
         Param("fullStatus", "bool", False),

@@ -14,8 +14,15 @@ destination goes Up and the source Down (exit reason "Migration succeeded"). Any
 including an unknown destination, is reported the way VDSM reports it: asynchronously, the
 source VM back to Up (with a status event) and the error in VM.getMigrationStatus.
 
-Hibernation (VM.hibernate, a migration with mode "file" ending in "Saving State") is not
-simulated yet; `_run_migration` is where it would branch.
+Hibernation is a migration to a file, as VDSM's VM.hibernate (API.hibernate calls migrate with
+mode "file"): the VM goes "Saving State" at once, waits for an outgoing slot like any migration,
+then libvirt saves its memory into the state volume the `hibernationVolHandle` names, at
+`save_mbps`; the metadata volume gets the VM's parameters, both volumes are marked as used by the
+VM, and the VM goes Down with exit reason 5 "SaveState succeeded". VM.migrateCancel aborts the
+save (libvirt's abortJob): the VM is resumed, Up again, and VM.getMigrationStatus says
+47 "Migration canceled". A missing memory volume fails the save asynchronously with migrateErr (12),
+as VDSM's prepareVolumePath does in the source thread. The job gate of the VM's host holds a save
+at its end, under the VM's id, until a test releases it; a migrateCancel still aborts it there.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from vdsm_simulator.clock import SimClock
 from vdsm_simulator.errors import (
@@ -41,6 +48,7 @@ from vdsm_simulator.errors import (
     VMExists,
 )
 from vdsm_simulator.events import EventBus
+from vdsm_simulator.storage import Storage, Volume
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +64,7 @@ class VmStatus(StrEnum):
     UP = "Up"  # running
     MIGRATION_SOURCE = "Migration Source"  # migrating away from this host
     MIGRATION_DESTINATION = "Migration Destination"  # migrating to this host
-    SAVING_STATE = "Saving State"  # hibernating (VM.hibernate; not simulated yet)
+    SAVING_STATE = "Saving State"  # hibernating: VM.hibernate is saving its memory
     RESTORING_STATE = "Restoring state"  # waking from hibernation (not simulated yet)
     PAUSED = "Paused"  # paused (not simulated yet)
     POWERING_DOWN = "Powering down"  # shutting down (not simulated yet)
@@ -66,9 +74,11 @@ class VmStatus(StrEnum):
 # lib/vdsm/virt/vmexitreason.py
 ADMIN_SHUTDOWN = 6
 MIGRATION_SUCCEEDED = 4
+SAVE_STATE_SUCCEEDED = 5
 EXIT_MESSAGES = {
     ADMIN_SHUTDOWN: "Admin shut down from the engine",
     MIGRATION_SUCCEEDED: "Migration succeeded",
+    SAVE_STATE_SUCCEEDED: "SaveState succeeded",
 }
 
 DEFAULT_BANDWIDTH_MBPS = 52.0  # VDSM vars/migration_max_bandwidth, MiB/s
@@ -76,6 +86,43 @@ DEFAULT_MONITOR_INTERVAL = 10.0  # VDSM vars/migration_monitor_interval, s
 DEFAULT_MAX_OUTGOING = 2  # VDSM vars/max_outgoing_migrations
 MIGRATION_CANCELED = (47, "Migration canceled")  # migCancelErr with VDSM's message override
 MIGRATE_ERR = (MigrationError.code, MigrationError.msg)  # errCode['migrateErr']
+DEFAULT_SAVE_MBPS = 100.0  # MiB/s libvirt's save writes a hibernating VM's memory at (the sim's)
+HIBERNATION_STARTING = "Hibernation process starting"  # API.hibernate rewrites the status text
+
+
+class SaveGate(Protocol):
+    """The host's job gate as a hibernation uses it (host.JobGate)."""
+
+    async def pass_through(self, task_id: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class HibernationVolume:
+    """One PDIV of a hibernationVolHandle, as API._getHibernationPathsFromString splits it."""
+
+    pool: str
+    domain: str
+    image: str
+    volume: str
+
+
+def parse_hibernation_handle(handle: str) -> tuple[HibernationVolume, HibernationVolume]:
+    """`<domain>,<pool>,<stateImage>,<stateVolume>,<metaImage>,<metaVolume>` (vdsm-api.yml
+    HibernationVolumeHandle): the state (memory) volume and the metadata volume.
+
+    VDSM unpacks the split into six names, so a wrong count fails with Python's own text inside
+    a GeneralException (code 100), before anything starts.
+    """
+    parts = handle.split(",")
+    if len(parts) < 6:
+        raise GeneralException(f"not enough values to unpack (expected 6, got {len(parts)})")
+    if len(parts) > 6:
+        raise GeneralException("too many values to unpack (expected 6)")
+    domain, pool, state_image, state_volume, meta_image, meta_volume = parts
+    return (
+        HibernationVolume(pool, domain, state_image, state_volume),
+        HibernationVolume(pool, domain, meta_image, meta_volume),
+    )
 
 
 @dataclass(eq=False)
@@ -93,6 +140,7 @@ class OutgoingMigration:
     running: bool = False  # the background coroutine manages a migration (isMigrating)
     transfer_started: bool = False  # past migrateToURI3: a later migrateCancel has nothing to abort
     stop_reason: tuple[int, str] | None = None  # set by migrateCancel or a lost destination
+    hibernating: bool = False  # mode "file": VM.hibernate saving to memory volumes
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     dest_host: str | None = None  # where the destination VM was created
     task: asyncio.Task[None] | None = None
@@ -153,6 +201,9 @@ class VmFleet:
         boot_seconds: float = 10.0,
         downtime_ms: int = 100,
         max_outgoing: int = DEFAULT_MAX_OUTGOING,
+        save_mbps: float = DEFAULT_SAVE_MBPS,
+        storage: Storage | None = None,
+        gate_for: Callable[[str], SaveGate] | None = None,
     ) -> None:
         self._clock = clock
         self._events_for = events_for
@@ -164,6 +215,9 @@ class VmFleet:
         self.boot_seconds = boot_seconds
         self.downtime_ms = downtime_ms
         self.max_outgoing = max_outgoing
+        self.save_mbps = save_mbps
+        self._storage = storage  # where memory volumes live; None: every volume is missing
+        self._gate_for = gate_for  # the job gate of a host, holding saves at their end
         self._hosts: dict[str, dict[str, SimVm]] = {}
         self._faults: dict[str, MigrationFault] = {}
         self._outgoing: dict[str, int] = {}  # host -> migrations holding a slot
@@ -308,13 +362,16 @@ class VmFleet:
             raise GeneralException(
                 f"{type(params).__name__!r} object does not support item assignment"
             )
-        if vm.migrating or vm.status == VmStatus.MIGRATION_DESTINATION:
-            # VDSM guards the source only; a VM still arriving here is refused the same way.
-            raise MigrationInProgress(vmId=vm_id)
-        if vm.status in (VmStatus.WAIT_FOR_LAUNCH, VmStatus.DOWN):
-            raise NoSuchVM()
         if params.get("mode") == "file":
-            raise MethodNotImplemented()  # TODO: hibernation (VM.hibernate) is a later issue
+            if "dst" in params:
+                raise MethodNotImplemented()  # saving to a plain file path is not simulated
+            handle = params.get("hiberVolHandle")
+            if not isinstance(handle, str):
+                # API._getHibernationPaths found neither volume description: None unpacked
+                raise GeneralException("cannot unpack non-iterable NoneType object")
+            self.hibernate(host, vm_id, handle)
+            return
+        self._check_can_leave(vm)
         if params.get("outgoingLimit"):
             self._outgoing_limit[host] = int(params["outgoingLimit"])
         bandwidth = float(params.get("maxBandwidth") or self.bandwidth_mbps)
@@ -325,6 +382,32 @@ class VmFleet:
         mig.task = self._spawn(
             self._run_migration(vm, mig, bandwidth, self._faults.pop(vm_id, None))
         )
+
+    def hibernate(self, host: str, vm_id: str, handle: str) -> None:
+        """VM.hibernate: start saving the VM to its memory volumes and return at once.
+
+        As API.hibernate: the handle is split first (a malformed one fails with code 100), then
+        the migration checks apply; the volumes themselves are only prepared by the background
+        save, so a missing one fails it asynchronously (VM back Up, migrateErr).
+        """
+        vm = self._vm(host, vm_id)
+        state, meta = parse_hibernation_handle(handle)
+        self._check_can_leave(vm)
+        mig = OutgoingMigration(
+            dst=handle, running=True, hibernating=True, status=(0, HIBERNATION_STARTING)
+        )
+        vm.migration = mig
+        vm.status = VmStatus.SAVING_STATE
+        self._send_status(vm)
+        mig.task = self._spawn(self._run_hibernation(vm, mig, state, meta))
+
+    def _check_can_leave(self, vm: SimVm) -> None:
+        """What VDSM checks before a migration (or hibernation) thread starts."""
+        if vm.migrating or vm.status == VmStatus.MIGRATION_DESTINATION:
+            # VDSM guards the source only; a VM still arriving here is refused the same way.
+            raise MigrationInProgress(vmId=vm.vm_id)
+        if vm.status in (VmStatus.WAIT_FOR_LAUNCH, VmStatus.DOWN):
+            raise NoSuchVM()
 
     def migrate_cancel(self, host: str, vm_id: str) -> None:
         """VM.migrateCancel: the running migration stops, the VM stays Up on the source.
@@ -411,6 +494,73 @@ class VmFleet:
             mig.running = False
             if holding_slot:
                 await self._release_slot(src)
+
+    async def _run_hibernation(
+        self,
+        vm: SimVm,
+        mig: OutgoingMigration,
+        state: HibernationVolume,
+        meta: HibernationVolume,
+    ) -> None:
+        """SourceThread in mode "file": slot, prepare the volumes, libvirt's save, then Down."""
+        src = vm.host
+        holding_slot = False
+        try:
+            holding_slot = await self._acquire_slot(src, mig)
+            if not holding_slot:
+                self._recover(vm, mig, mig.stop_reason or MIGRATION_CANCELED)
+                return
+            volumes = [self._memory_volume(v) for v in (state, meta)]
+            if None in volumes:
+                # prepareVolumePath failed in the thread: VDSM reports migrateErr
+                self._recover(vm, mig, MIGRATE_ERR)
+                return
+            mig.transfer_started = True  # libvirt's save job runs: migrateCancel aborts it
+            duration = vm.memory_mb / self.save_mbps if self.save_mbps > 0 else 0.0
+            if await self._sleep_or_stop(duration, mig) or await self._gate_or_stop(vm, mig):
+                self._recover(vm, mig, mig.stop_reason or MIGRATION_CANCELED)
+                return
+            self._finish_hibernation(vm, mig, [v for v in volumes if v is not None])
+        finally:
+            mig.running = False
+            if holding_slot:
+                await self._release_slot(src)
+
+    def _memory_volume(self, where: HibernationVolume) -> Volume | None:
+        if self._storage is None:
+            return None
+        pool = self._storage.pools.get(where.pool)
+        domain = pool.domains.get(where.domain) if pool is not None else None
+        vol = domain.volumes.get(where.volume) if domain is not None else None
+        if vol is None or vol.image != where.image or vol.removing:
+            return None
+        return vol
+
+    async def _gate_or_stop(self, vm: SimVm, mig: OutgoingMigration) -> bool:
+        """Wait at the host's job gate (key: the VM id) unless a cancel aborts the save first;
+        True if stopped."""
+        if self._gate_for is None or mig.stop.is_set():
+            return mig.stop.is_set()
+        passing = asyncio.ensure_future(self._gate_for(vm.host).pass_through(vm.vm_id))
+        stopping = asyncio.ensure_future(mig.stop.wait())
+        try:
+            await asyncio.wait({passing, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (passing, stopping):
+                waiter.cancel()
+            await asyncio.gather(passing, stopping, return_exceptions=True)
+        return mig.stop.is_set()
+
+    def _finish_hibernation(self, vm: SimVm, mig: OutgoingMigration, volumes: list[Volume]) -> None:
+        """The memory is on the state volume and the VM's parameters on the metadata volume;
+        the domain stops (Down, exit reason 5) and the source thread says "SaveState done"."""
+        mig.progress = 100
+        for vol in volumes:
+            vol.used_by = vm.vm_id
+        if self._storage is not None:
+            self._storage.save()
+        mig.status = (0, "SaveState done")
+        self._set_down(vm, SAVE_STATE_SUCCEEDED)
 
     def _finish_successfully(self, vm: SimVm, mig: OutgoingMigration, dest: SimVm) -> None:
         """libvirt's order: the job completes on the source (downtime known), the destination
@@ -538,6 +688,14 @@ class VmFleet:
         )
         stats.update(self._running_stats(vm))
         stats.update({"memUsage": "0", "cpuUser": "0.00", "cpuSys": "0.00", "session": "Unknown"})
+        memory_kib = str(vm.memory_mb * 1024)  # vmstats.balloon: KiB, as strings
+        stats["balloonInfo"] = {
+            "balloon_max": memory_kib,
+            "balloon_min": memory_kib,
+            "balloon_cur": memory_kib,
+            "balloon_target": memory_kib,
+            "ballooning_enabled": True,
+        }
         if vm.migrating:
             stats["migrationProgress"] = vm.migration.progress
         return stats

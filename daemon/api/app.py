@@ -348,6 +348,8 @@ BATCH_FIELDS = ("batch", "correlation_id")
 
 
 async def submit(request: web.Request) -> web.Response:
+    from daemon.api.cancel_routes import check_cancel_jobs  # it imports this module
+
     check_query(request, ())
     peer = require_peer(request)
     daemon = request.app[DAEMON_KEY]
@@ -360,6 +362,11 @@ async def submit(request: web.Request) -> web.Response:
             for i, entry in enumerate(entries):
                 if isinstance(entry, dict):
                     _require_public(daemon, entry.get("action"), f"batch[{i}]: ")
+            check_cancel_jobs(
+                request,
+                peer,
+                [(e.get("action"), e.get("params")) for e in entries if isinstance(e, dict)],
+            )
         jobs = await daemon.executor.submit_batch(
             entries, owner=peer.uid, correlation_id=correlation_id
         )
@@ -370,6 +377,7 @@ async def submit(request: web.Request) -> web.Response:
     if "action" not in doc:
         raise InvalidParams('job request: missing field "action" (or "batch")')
     _require_public(daemon, doc["action"])
+    check_cancel_jobs(request, peer, [(doc["action"], doc.get("params"))])
     description = doc.get("description")
     if description is not None and (not isinstance(description, str) or len(description) > 4096):
         raise InvalidParams("description must be a string of at most 4096 characters")

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from daemon.api.access import is_privileged, require_manager
 from daemon.api.app import API, DAEMON_KEY, check_query, expect_object, read_json
-from daemon.api.auth import require_peer
+from daemon.api.auth import Peer, require_peer
 from daemon.engine.cancel_rules import CancelDecision
 from daemon.errors import DaemonError, Forbidden, InvalidParams, NotFound
 from daemon.model import CancelMode
@@ -41,6 +41,24 @@ def _view(request: web.Request, job_id: str, decision: CancelDecision | None) ->
     return view
 
 
+def may_cancel(request: web.Request, peer: Peer, job_id: str, owner: int) -> bool:
+    """DESIGN rule 8, for the cancel route and for CancelJob submitted as a job alike: raises
+    Forbidden, or says whether the caller is privileged (root or the admin group)."""
+    return require_manager(peer, request.app[DAEMON_KEY].settings, owner, f"job {job_id}")
+
+
+def check_cancel_jobs(request: web.Request, peer: Peer, entries: list[tuple[Any, Any]]) -> None:
+    """Refuse a submission whose CancelJob entries name a job the caller may not cancel (403,
+    nothing created). An unknown target is left to CancelJob's own check (its job FAILS)."""
+    registry = request.app[DAEMON_KEY].registry
+    for action, params in entries:
+        if action != "CancelJob" or not isinstance(params, dict):
+            continue
+        target = registry.jobs.get(params["job"]) if isinstance(params.get("job"), str) else None
+        if target is not None:
+            may_cancel(request, peer, target.id, target.owner)
+
+
 async def cancel_job(request: web.Request) -> web.Response:
     check_query(request, ())
     peer = require_peer(request)
@@ -50,7 +68,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     if job is None:
         raise NotFound(f"no job {job_id!r}")
     mode, reason, force = _args(expect_object(await read_json(request) or {}, FIELDS, "cancel"))
-    privileged = require_manager(peer, daemon.settings, job.owner, f"job {job_id}")
+    privileged = may_cancel(request, peer, job_id, job.owner)
     decision = await daemon.cancels.cancel(
         job_id, mode=mode, reason=reason, force=force, requester=peer.uid, privileged=privileged
     )

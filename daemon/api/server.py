@@ -3,7 +3,12 @@
 The socket is bound, given its mode and group, and only then listened on: no client can connect
 while it still has the umask's permissions. A socket file left by a crashed daemon is removed, but
 only after a connection attempt is refused; if something answers, another daemon owns the path
-and we refuse to start rather than steal it. Issue 5 adds systemd's inherited socket here.
+and we refuse to start rather than steal it.
+
+Under socket activation (taskmgrd.socket) systemd has already bound the socket with the unit's
+SocketMode/SocketGroup and passes it listening: it is served as it is, and its file is left in
+place at stop, since systemd keeps listening on it and starts the daemon again on the next
+connection.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ class ApiServer:
 
     runner: web.AppRunner
     path: Path
-    inode: int
+    inode: int | None  # None: the socket is systemd's, its file not ours to remove
 
 
 async def _is_alive(path: Path) -> bool:
@@ -117,34 +122,54 @@ def _bind(path: Path, mode: int, group: str | int | None) -> tuple[socket.socket
     return sock, inode
 
 
+# Seconds a stop waits for requests in flight (an event stream never ends by itself); well
+# inside the unit's TimeoutStopSec.
+SHUTDOWN_TIMEOUT = 5.0
+
+
 async def start_api(
     app: web.Application,
     socket_path: Path | str,
     *,
     mode: int = 0o660,
     group: str | int | None = None,
+    inherited: socket.socket | None = None,
 ) -> ApiServer:
-    """Serve `app` on `socket_path`; raises ApiStartError with the reason when it cannot."""
+    """Serve `app` on `socket_path`, or on the listening socket systemd passed (`inherited`);
+    raises ApiStartError with the reason when it cannot."""
     path = Path(socket_path)
-    os.makedirs(path.parent, exist_ok=True)
-    await _clear_stale(path)
-    sock, inode = _bind(path, mode, group)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    inode: int | None
+    if inherited is not None:
+        sock, inode = inherited, None
+        sock.setblocking(False)
+    else:
+        os.makedirs(path.parent, exist_ok=True)
+        await _clear_stale(path)
+        sock, inode = _bind(path, mode, group)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT
+    )
     try:
         await runner.setup()
         await web.SockSite(runner, sock).start()
     except BaseException:
         await runner.cleanup()
         sock.close()
-        _remove(path)
+        if inode is not None:
+            _remove(path)
         raise
-    log.info("API listening on %s (mode %o, group %s)", path, mode, group or "-")
+    if inode is None:
+        log.info("API listening on %s (socket passed by systemd)", path)
+    else:
+        log.info("API listening on %s (mode %o, group %s)", path, mode, group or "-")
     return ApiServer(runner, path, inode)
 
 
 async def stop_api(server: ApiServer) -> None:
     """Stop serving and remove the socket file, unless another process has replaced it."""
     await server.runner.cleanup()
+    if server.inode is None:
+        return
     with contextlib.suppress(FileNotFoundError):
         if os.stat(server.path).st_ino == server.inode:
             _remove(server.path)

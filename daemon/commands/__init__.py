@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from daemon.commands.add_host import AddHost, InstallHost
+from daemon.commands.cancel_job import CancelJob
 from daemon.commands.copy_disk import CopyDisk
 from daemon.commands.create_disk import CreateDisk
 from daemon.commands.create_vm import CreateVm
 from daemon.commands.delete_disk import DeleteDisk
+from daemon.commands.hibernate_vm import HibernateVm
 from daemon.commands.migrate_vm import MigrateVm
 from daemon.commands.refresh_host import RefreshHost
 from daemon.commands.set_host_maintenance import SetHostMaintenance
@@ -24,6 +26,8 @@ ACTIONS: dict[str, type[CommandBase]] = {
         InstallHost,
         MigrateVm,
         SetHostMaintenance,
+        HibernateVm,
+        CancelJob,
     )
 }
 

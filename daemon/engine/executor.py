@@ -37,6 +37,7 @@ from daemon.registry import LockConflict, Registry
 from daemon.vdsm.errors import NotSpm, UnknownTask, VdsmCallError
 
 if TYPE_CHECKING:
+    from daemon.engine.cancel import CancelCoordinator
     from daemon.hosts import HostManager
     from daemon.vdsm.verbs import VdsmHost
 
@@ -66,6 +67,7 @@ class Executor:
         self._running: dict[str, asyncio.Task[None]] = {}
         self.committing: set[str] = set()  # jobs whose root command is in its end phase
         self.holding: set[str] = set()  # jobs waiting for their committed cancel to land
+        self.cancels: CancelCoordinator | None = None  # set at wiring; CancelJob cancels with it
         self._closing = False
 
     # -- submission --------------------------------------------------------------------------

@@ -12,6 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+# lib/vdsm/virt/vmexitreason.py: a Down VM hibernated, its memory on the hibernation volumes
+SAVE_STATE_SUCCEEDED = 5
+
 
 @dataclass
 class VmState:

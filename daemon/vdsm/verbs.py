@@ -170,6 +170,19 @@ class VdsmHost:
             "StoragePool.spmStart", await self._call("StoragePool.spmStart", params)
         )
 
+    async def master_domain(self, pool: str) -> str:
+        """The pool's master domain, from StoragePool.getInfo."""
+        method = "StoragePool.getInfo"
+        raw = _expect(dict, await self._call(method, {"storagepoolID": pool}), method, self.name)
+        master = (
+            raw.get("info", {}).get("master_uuid") if isinstance(raw.get("info"), dict) else None
+        )
+        if not isinstance(master, str):
+            raise BadReply(
+                -32603, f"pool info without master_uuid: {raw!r:.200}", method, self.name
+            )
+        return master
+
     def _task_id(self, method: str, value: Any) -> str:
         return str(_expect(str, value, method, self.name))
 
@@ -306,6 +319,19 @@ class VdsmHost:
 
     async def migrate_vm(self, vm: str, dst: str) -> None:
         await self._call("VM.migrate", {"vmID": vm, "params": {"dst": dst, "method": "online"}})
+
+    async def hibernate_vm(self, vm: str, handle: str) -> None:
+        """VM.hibernate; `handle` is `<domain>,<pool>,<stateImage>,<stateVolume>,<metaImage>,
+        <metaVolume>` (vdsm-api.yml HibernationVolumeHandle)."""
+        await self._call("VM.hibernate", {"vmID": vm, "hibernationVolHandle": handle})
+
+    async def vm_info(self, vm: str) -> dict[str, Any]:
+        """VM.getStats of one VM (VDSM answers a one-element list)."""
+        method = "VM.getStats"
+        stats = _dicts(await self._call(method, {"vmID": vm}), method, self.name, ("status",))
+        if len(stats) != 1:
+            raise BadReply(-32603, f"expected one VM, got {len(stats)}", method, self.name)
+        return stats[0]
 
     async def migrate_cancel(self, vm: str) -> None:
         await self._call("VM.migrateCancel", {"vmID": vm})

@@ -181,3 +181,36 @@ def test_polling_names_are_host_settings_fields() -> None:
     assert {f.name for f in dataclasses.fields(PollingSection)} <= known
     settings = Config().host_settings()
     assert settings.call_timeout == 180.0
+
+
+def test_check_config_and_run_report_errors_and_start_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from daemon.service import main
+
+    good = write(tmp_path, SHIPPED.read_text())
+    assert main(["check-config", "--config", str(good)]) == 0
+    assert f"configuration OK ({good})" in capsys.readouterr().out
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[daemon]\nlog_level = "loud"\n')
+    db = tmp_path / "taskmgrd.db"
+    for command in ("check-config", "run"):
+        argv = [command, "--config", str(bad), "--db", str(db), "--socket", str(tmp_path / "s")]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err == (
+            f"taskmgrd: {bad}: [daemon] log_level: expected one of DEBUG, INFO, WARNING, ERROR, "
+            "CRITICAL, got 'loud'\n"
+        )
+    assert not db.exists() and not (tmp_path / "s").exists(), "a bad file must start nothing"
+
+
+def test_default_file_is_used_when_present(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from daemon import config as config_module
+
+    path = write(tmp_path, '[daemon]\nlog_level = "debug"\n')
+    monkeypatch.setattr(config_module, "DEFAULT_CONFIG", path)
+    assert load_config(config_module.default_config_path()).daemon.log_level == "DEBUG"
+    monkeypatch.setattr(config_module, "DEFAULT_CONFIG", tmp_path / "absent.toml")
+    assert config_module.default_config_path() is None

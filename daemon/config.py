@@ -41,6 +41,10 @@ class DaemonSection:
     synchronous: str = "FULL"  # FULL survives power loss; NORMAL survives a crash only
     log_level: str = "INFO"
     max_request_bytes: int = 1 << 20  # larger API requests are refused with 413
+    admin_group: str | None = None  # may cancel and clear anyone's job, and force (name or gid)
+    api_rate_per_second: float = 1000.0  # API requests per second per uid (429 beyond)
+    api_rate_burst: float = 2000.0  # requests a uid may send at once before the rate applies
+    api_max_streams: int = 32  # open event streams (GET /api/v1/events) per uid
 
 
 @dataclass(frozen=True)
@@ -197,6 +201,10 @@ def _daemon(source: str, table: dict[str, Any]) -> DaemonSection:
         "synchronous": lambda k, v: _choice(w, k, v, SYNCHRONOUS, upper=True),
         "log_level": lambda k, v: _choice(w, k, v, LOG_LEVELS, upper=True),
         "max_request_bytes": lambda k, v: _integer(w, k, v, 1024, 1 << 30),
+        "admin_group": lambda k, v: _group(w, k, v),
+        "api_rate_per_second": lambda k, v: _number(w, k, v),
+        "api_rate_burst": lambda k, v: _number(w, k, v, minimum=1.0, strict=False),
+        "api_max_streams": lambda k, v: _integer(w, k, v, 1, 10_000),
     }
     values: dict[str, Any] = {k: checks[k](k, v) for k, v in table.items()}
     return DaemonSection(**values)

@@ -29,11 +29,8 @@ SOCKET_GID_KEY = web.AppKey("socket_gid", dict)  # socket path -> its group, rea
 
 
 def admin_gid(settings: Any) -> int | None:
-    """The configured admin group as a gid (`admin_group` name or number, or `admin_gid`)."""
-    section = getattr(settings, "daemon", None)
-    group = getattr(section, "admin_group", None)
-    if group is None:
-        group = getattr(section, "admin_gid", None)
+    """`[daemon] admin_group` (a name or a gid) as a gid; None when unset or unknown."""
+    group = getattr(getattr(settings, "daemon", None), "admin_group", None)
     if group is None or group == "":
         return None
     if isinstance(group, int):

@@ -6,9 +6,8 @@ Retry-After rather than queueing: a client in a loop must not hold requests (and
 inside the daemon. Hand-written (a dozen lines) because the libraries around (aiolimiter) wait
 for capacity instead of refusing.
 
-Settings are read from the `[daemon]` section when it has them (`api_rate_per_second`,
-`api_rate_burst`, `api_max_streams`), else the defaults below; tests pass an ApiLimits to
-build_app.
+Settings: `[daemon] api_rate_per_second`, `api_rate_burst`, `api_max_streams` (the defaults
+below stand for a settings object without them); tests may pass an ApiLimits to build_app.
 """
 
 from __future__ import annotations

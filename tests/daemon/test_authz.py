@@ -179,6 +179,27 @@ async def test_jobs_belong_to_their_submitter_who_may_clear_them(
 
 
 @needs_root
+async def test_the_admin_group_may_clear_anyones_job(tmp_path: Path) -> None:
+    group, admin = unused_id(64000), unused_id(65000)
+    socket_dir = short_dir()
+    os.chown(socket_dir, -1, group)
+    socket_dir.chmod(0o750)
+    api, server = await serve(
+        tmp_path / "taskmgrd.db", group=group, socket_dir=socket_dir, admin_group=str(admin)
+    )
+    try:
+        job_id = await root_job(api)
+        operator = unused_id(admin + 1)
+        [(status, doc)] = await requests_as(
+            operator, [group, admin], api.socket, [("POST", f"/api/v1/jobs/{job_id}/clear", None)]
+        )
+        assert (status, doc) == (200, {"cleared": job_id})
+        assert job_id not in api.registry.jobs
+    finally:
+        await shutdown(api, server)
+
+
+@needs_root
 async def test_a_uid_outside_the_group_is_kept_out(shared: tuple[ApiDaemon, int]) -> None:
     api, group = shared
     stranger = unused_id(group + 2)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from daemon.api.limits import IDLE_BUCKETS, ApiLimits, RateLimiter
 from tests.daemon.api_support import serve, shutdown, snapshot
@@ -50,3 +51,24 @@ async def test_over_the_rate_is_429_with_retry_after(tmp_path: Path) -> None:
             assert await snapshot(daemon) == before
     finally:
         await shutdown(daemon, server)
+
+
+def test_limits_and_admin_group_come_from_the_config_file(tmp_path: Path) -> None:
+    from daemon.api.access import admin_gid
+    from daemon.config import ConfigError, load_config
+
+    path = tmp_path / "t.toml"
+    path.write_text(
+        '[daemon]\nadmin_group = "0"\napi_rate_per_second = 5\napi_rate_burst = 1\n'
+        "api_max_streams = 2\n"
+    )
+    config = load_config(path)
+    assert ApiLimits.from_settings(config) == ApiLimits(5.0, 1.0, 2)
+    assert admin_gid(config) == 0
+    assert admin_gid(load_config(None)) is None
+    path.write_text("[daemon]\napi_rate_per_second = 0\n")
+    with pytest.raises(ConfigError, match=r"\[daemon\] api_rate_per_second: expected"):
+        load_config(path)
+    path.write_text('[daemon]\napi_max_streams = "many"\n')
+    with pytest.raises(ConfigError, match=r"\[daemon\] api_max_streams: expected"):
+        load_config(path)

@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import aiohttp
@@ -101,7 +101,7 @@ class Client:
 
     async def events(
         self, *, job: str | None = None, kind: str | None = None, since: str | None = None
-    ) -> AsyncIterator[SseEvent]:
+    ) -> AsyncGenerator[SseEvent, None]:
         """GET /events, reconnecting after a dropped stream with the last id seen (so nothing
         is missed while the daemon still has it; otherwise the daemon sends a reset)."""
         parser = SseParser(last_id=since or "")
@@ -428,21 +428,28 @@ async def cancel_jobs(client: Client, args: argparse.Namespace, console: Console
 async def wait_job(
     client: Client, job_id: str, console: Console, limit: float | None, *, quiet: bool
 ) -> Any:
-    """Poll the job until it is terminal (issue 5's events will replace the polling)."""
-    deadline = None if limit is None else time.monotonic() + limit
-    interval = 0.05
+    """Follow the job until it is terminal: read it again whenever its event stream says it
+    changed (the stream's first event, ready, comes once subscribed, so no change is missed)."""
+    job: Any = None
     spinner = console.status("waiting", spinner="dots") if not quiet else None
     with spinner if spinner is not None else contextlib.nullcontext() as status:
-        while True:
-            job = await client.call("GET", f"/jobs/{job_id}")
-            if job["status"] in TERMINAL:
-                return job
-            if status is not None:
-                status.update(f"job {job_id}: {_styled(job['status'])} {_current_step(job)}")
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutWaiting(f"job {job_id} still {job['status']} after {limit:g}s")
-            await asyncio.sleep(interval)
-            interval = min(interval * 1.5, 1.0)
+        try:
+            async with (
+                asyncio.timeout(limit),
+                contextlib.aclosing(client.events(job=job_id)) as events,
+            ):
+                async for _ in events:
+                    job = await client.call("GET", f"/jobs/{job_id}")
+                    if job["status"] in TERMINAL:
+                        return job
+                    if status is not None:
+                        status.update(
+                            f"job {job_id}: {_styled(job['status'])} {_current_step(job)}"
+                        )
+        except TimeoutError:
+            state = job["status"] if job is not None else "not yet read"
+            raise TimeoutWaiting(f"job {job_id} still {state} after {limit:g}s") from None
+    raise Unreachable(f"the event stream of {client.socket_path} ended")  # events() never ends
 
 
 class TimeoutWaiting(Exception):

@@ -99,3 +99,27 @@ async def test_events_follow_a_real_disk_job_through_its_vdsm_task(tmp_path: Pat
                             break
     assert task_states[0] == "SUBMITTING" and task_states[-1] == "CLEARED"
     assert "POLLING" in task_states
+
+
+async def test_taskmgr_wait_gives_up_at_its_timeout(tmp_path: Path) -> None:
+    """`submit --wait --timeout` follows the job's events; a job held by the simulator's gate
+    is still running at the deadline: exit 1 and the state it was last seen in."""
+    import sys
+
+    from tests.daemon.test_cancel import spm_host
+
+    async with running_stack(tmp_path, api=True) as s:
+        gate = s.sim.cluster.hosts[spm_host(s)].gate
+        gate.hold()
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "daemon.cli", "--socket", str(tmp_path / "api.sock")),
+            *("submit", "CreateDisk", f"pool={s.pool}", f"domain={s.domains[0]}", "size=4096"),
+            *("--wait", "--timeout", "1"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(40):
+            out, err = await proc.communicate()
+        gate.open()
+    assert proc.returncode == 1, (out, err)
+    assert b"still STARTED after 1s" in err

@@ -17,8 +17,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,9 +30,23 @@ log = logging.getLogger(__name__)
 
 Kind = Literal["job", "step", "command", "task", "lock", "host", "purge", "barrier"]
 
-# Each table keeps the record as a JSON document plus the columns queries and restarts need.
+# Each table keeps the record as a JSON document plus the columns queries and restarts need. A
+# job's columns are everything its summary shows, so a start reads ended jobs without decoding
+# their documents (`iter_job_summaries`).
+_JOB_COLUMNS = (
+    "status",
+    "action",
+    "correlation_id",
+    "owner",
+    "created_at",
+    "ended_at",
+    "updated_at",
+    "description",
+    "error",
+    "cancel",
+)
 _TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "job": ("jobs", ("status", "action", "correlation_id", "owner", "created_at", "ended_at")),
+    "job": ("jobs", _JOB_COLUMNS),
     "step": ("steps", ("job_id",)),
     "command": ("commands", ("job_id",)),
     "task": ("tasks", ("job_id", "host", "status", "vdsm_id")),
@@ -60,7 +75,26 @@ MIGRATIONS: list[str] = [
     CREATE INDEX locks_job ON locks(job_id);
     CREATE TABLE hosts (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
     """,
+    # 2: a job's summary in columns (a start reads ended jobs without their documents); tasks
+    # found by status (a start loads only unsettled ones) and by VDSM id (orphan checks).
+    """
+    ALTER TABLE jobs ADD COLUMN updated_at REAL;
+    ALTER TABLE jobs ADD COLUMN description TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN error TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN cancel TEXT;
+    UPDATE jobs SET
+        updated_at = json_extract(doc, '$.updated_at'),
+        description = coalesce(json_extract(doc, '$.description'), ''),
+        error = coalesce(json_extract(doc, '$.error'), ''),
+        cancel = json(json_extract(doc, '$.cancel'));
+    CREATE INDEX tasks_status ON tasks(status);
+    CREATE INDEX tasks_vdsm ON tasks(vdsm_id);
+    """,
 ]
+
+# A stored job as `iter_job_summaries` yields it: the columns above, the cancel still JSON.
+JobSummaryRow = tuple[str, str, str, str, int, float, float | None, float, str, str, str | None]
+
 
 
 class StoreError(RuntimeError):
@@ -84,6 +118,12 @@ class StoreStats:
 
 
 class Store:
+    """The daemon's SQLite file: one asynchronous writer, streaming loads, small synchronous reads.
+
+    `on_commit`, when set, is called after every group commit with the seconds it took and the
+    number of changes it wrote (the metrics attach a histogram there).
+    """
+
     def __init__(
         self, path: Path | str, *, synchronous: str = "FULL", batch_limit: int = 5000
     ) -> None:
@@ -97,6 +137,8 @@ class Store:
         self._queue: asyncio.Queue[_Op | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._failed: BaseException | None = None
+        self._reader: sqlite3.Connection | None = None
+        self.on_commit: Callable[[float, int], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -106,7 +148,12 @@ class Store:
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute(f"PRAGMA synchronous={self.synchronous}")
         await self._db.execute("PRAGMA foreign_keys=ON")
-        await self._migrate()
+        try:
+            await self._migrate()
+        except BaseException:
+            await self._db.close()  # a refused file leaves no connection (and thread) behind
+            self._db = None
+            raise
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
 
     async def _migrate(self) -> None:
@@ -130,6 +177,9 @@ class Store:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
             self._writer = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -217,6 +267,11 @@ class Store:
         self.stats.last_commit_seconds = elapsed
         self.stats.commit_seconds.append(elapsed)
         del self.stats.commit_seconds[:-1000]
+        if self.on_commit is not None:
+            try:
+                self.on_commit(elapsed, len(batch))
+            except Exception:  # a metrics hook must never fail a commit that happened
+                log.exception("store on_commit hook failed")
         for op in batch:
             if op.done is not None and not op.done.done():
                 op.done.set_result(None)
@@ -228,22 +283,132 @@ class Store:
         return [doc async for doc in self.iter_load(kind)]
 
     async def iter_load(self, kind: Kind, chunk: int = 2000) -> AsyncIterator[dict[str, Any]]:
-        """Every record of a kind, as written, a chunk of rows at a time (used once at start).
+        """Every record of a kind, as written, a chunk of rows at a time."""
+        table, _ = _TABLES[kind]
+        async for row in self._rows(f"SELECT doc FROM {table}", (), chunk):
+            yield _loads(row[0])
 
-        Streaming keeps the start-up peak small: only one chunk of raw rows and documents is
-        alive at a time instead of every row of the table and then every document.
+    async def iter_jobs(self, statuses: Collection[str]) -> AsyncIterator[dict[str, Any]]:
+        """The documents of the jobs in one of `statuses`."""
+        sql = f"SELECT doc FROM jobs WHERE status IN ({_marks(statuses)})"
+        async for row in self._rows(sql, tuple(statuses)):
+            yield _loads(row[0])
+
+    async def iter_job_records(
+        self, kind: Kind, job_statuses: Collection[str]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Steps, commands, tasks or locks of the jobs in one of `job_statuses`."""
+        table, _ = _TABLES[kind]
+        sql = (
+            f"SELECT r.doc FROM jobs j JOIN {table} r ON r.job_id = j.id "
+            f"WHERE j.status IN ({_marks(job_statuses)})"
+        )
+        async for row in self._rows(sql, tuple(job_statuses)):
+            yield _loads(row[0])
+
+    async def iter_tasks(
+        self, statuses: Collection[str], *, job_statuses: Collection[str] = ()
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The tasks in one of `statuses`, of any job or of jobs in one of `job_statuses`."""
+        sql = f"SELECT doc FROM tasks WHERE status IN ({_marks(statuses)})"
+        if job_statuses:
+            sql += (
+                " AND job_id IN (SELECT id FROM jobs WHERE status IN "
+                f"({_marks(job_statuses)}))"
+            )
+        async for row in self._rows(sql, (*statuses, *job_statuses)):
+            yield _loads(row[0])
+
+    async def iter_job_summaries(
+        self, statuses: Collection[str]
+    ) -> AsyncIterator[tuple[JobSummaryRow, int]]:
+        """The jobs in one of `statuses` as their summary columns (no document decoded), each
+        with how many tasks it has stored."""
+        sql = (
+            "SELECT id, status, action, correlation_id, owner, created_at, ended_at, updated_at,"
+            " description, error, cancel,"
+            " (SELECT count(*) FROM tasks t WHERE t.job_id = jobs.id)"
+            f" FROM jobs WHERE status IN ({_marks(statuses)})"
+        )
+        async for row in self._rows(sql, tuple(statuses)):
+            yield row[:11], row[11]
+
+    async def _rows(
+        self, sql: str, params: tuple[Any, ...], chunk: int = 2000
+    ) -> AsyncIterator[sqlite3.Row | tuple[Any, ...]]:
+        """Rows of a query, a chunk at a time (used at start).
+
+        Streaming keeps the start-up peak small: only one chunk of raw rows is alive at a time
+        instead of every row of the table and then every document.
         """
         assert self._db is not None
-        table, _ = _TABLES[kind]
-        loads = json.loads
-        async with self._db.execute(f"SELECT doc FROM {table}") as cur:
+        async with self._db.execute(sql, params) as cur:
             while rows := await cur.fetchmany(chunk):
                 for row in rows:
-                    yield loads(row[0])
+                    yield row
+
+    # -- small synchronous reads -----------------------------------------------------------------
+    #
+    # A stored job's tree is a handful of rows found through an index: well under a millisecond
+    # read on the event loop's thread, so `Registry.job_view` and the mappings that load a
+    # tree on first use stay synchronous. The connection is read-only and separate from the
+    # writer's; WAL lets it read the last commit while the writer works.
+
+    def read_job_tree(self, job_id: str) -> StoredTree:
+        """A job's document and its steps, commands and tasks as last committed."""
+        db = self._read_connection()
+
+        def docs(table: str) -> list[dict[str, Any]]:
+            rows = db.execute(f"SELECT doc FROM {table} WHERE job_id = ?", (job_id,))
+            return [_loads(doc) for (doc,) in rows]
+
+        row = db.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        job = None if row is None else _loads(row[0])
+        return StoredTree(job, docs("steps"), docs("commands"), docs("tasks"))
+
+    def stored_vdsm_ids(self, vdsm_ids: Collection[str]) -> set[str]:
+        """Which of these VDSM task ids a stored task record has."""
+        if not vdsm_ids:
+            return set()
+        ids = list(vdsm_ids)
+        db = self._read_connection()
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):  # below SQLite's bound-parameter limit
+            part = ids[start : start + 500]
+            sql = f"SELECT vdsm_id FROM tasks WHERE vdsm_id IN ({_marks(part)})"
+            found.update(vdsm_id for (vdsm_id,) in db.execute(sql, part))
+        return found
+
+    def _read_connection(self) -> sqlite3.Connection:
+        if self._reader is None:
+            if self._db is None:
+                raise StoreError(f"store {self.path} is not open")
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            self._reader = sqlite3.connect(uri, uri=True, isolation_level=None)
+        return self._reader
+
+
+@dataclass(slots=True)
+class StoredTree:
+    """One job as committed: its document (None when it is not stored) and its records'."""
+
+    job: dict[str, Any] | None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    commands: list[dict[str, Any]] = field(default_factory=list)
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+
+
+_loads = json.loads
+
+
+def _marks(values: Collection[Any]) -> str:
+    return ", ".join("?" * len(values))
 
 
 def _column(doc: dict[str, Any], column: str) -> Any:
     value = doc.get(column)
+    if column == "cancel":
+        return None if value is None else json.dumps(value)
     return getattr(value, "value", value)  # enums are stored as their value
 
 

@@ -351,11 +351,6 @@ def cancel_from_doc(doc: dict[str, Any]) -> CancelRecord:
     return record
 
 
-def job_status(value: str) -> JobStatus:
-    """A stored status column as its enum member."""
-    return _enum(JobStatus, value)
-
-
 def step_from_doc(doc: dict[str, Any]) -> Step:
     step = Step(**doc)
     step.type = _enum(StepType, step.type)

@@ -447,43 +447,49 @@ class Registry:
             job = jobs.get(job_id)
             return job.id if job is not None else job_id
 
-        async for doc in store.iter_jobs(_ACTIVE):
-            job = model.job_from_doc(doc)
-            job.action = intern(job.action)
-            self._index_job(job)
+        async for docs in store.jobs_in(_ACTIVE):
+            for doc in docs:
+                job = model.job_from_doc(doc)
+                job.action = intern(job.action)
+                self._index_job(job)
         owners: dict[int, int] = {}
         by_correlation, stored = self.by_correlation, self._stored
         for status in model.JOB_TERMINAL:
             with_status = self.by_status[status]
-            async for row in store.iter_job_summaries(status.value):
-                job_id, action, correlation, owner, created, ended, updated = row[:7]
-                description, error, cancel = row[7:]
-                jobs[job_id] = Job(
-                    job_id,
-                    intern(action),
-                    {},  # read on first use, with the result
-                    owners.setdefault(owner, owner),
-                    correlation,
-                    intern(description),
-                    status,
-                    created,
-                    updated if updated is not None else created,
-                    ended,
-                    None,
-                    error,
-                    None if cancel is None else model.cancel_from_doc(json.loads(cancel)),
-                )
-                by_correlation[correlation].add(job_id)
-                with_status.add(job_id)
-                stored.add(job_id)
-        async for doc in store.iter_job_records("step", _ACTIVE):
-            self._add_step(model.step_from_doc(doc), job_id_of)
-        async for doc in store.iter_job_records("command", _ACTIVE):
-            self._add_command(model.command_from_doc(doc), job_id_of)
-        async for doc in store.iter_tasks(_UNSETTLED):
-            self._add_task(model.task_from_doc(doc), job_id_of)
-        async for doc in store.iter_tasks(_SETTLED, job_statuses=_ACTIVE):
-            self._add_task(model.task_from_doc(doc), job_id_of)
+            async for rows in store.job_summaries(status.value):
+                for row in rows:
+                    job_id, action, correlation, owner, created, ended, updated = row[:7]
+                    description, error, cancel = row[7:]
+                    jobs[job_id] = Job(
+                        job_id,
+                        intern(action),
+                        {},  # read on first use, with the result
+                        owners.setdefault(owner, owner),
+                        correlation,
+                        intern(description),
+                        status,
+                        created,
+                        updated if updated is not None else created,
+                        ended,
+                        None,
+                        error,
+                        None if cancel is None else model.cancel_from_doc(json.loads(cancel)),
+                    )
+                    by_correlation[correlation].add(job_id)
+                    with_status.add(job_id)
+                    stored.add(job_id)
+        async for docs in store.records_of_jobs_in("step", _ACTIVE):
+            for doc in docs:
+                self._add_step(model.step_from_doc(doc), job_id_of)
+        async for docs in store.records_of_jobs_in("command", _ACTIVE):
+            for doc in docs:
+                self._add_command(model.command_from_doc(doc), job_id_of)
+        async for docs in store.tasks_in(_UNSETTLED):
+            for doc in docs:
+                self._add_task(model.task_from_doc(doc), job_id_of)
+        async for docs in store.tasks_in(_SETTLED, job_statuses=_ACTIVE):
+            for doc in docs:
+                self._add_task(model.task_from_doc(doc), job_id_of)
         async for doc in store.iter_load("lock"):
             lock = model.lock_from_doc(doc)
             lock.job_id = job_id_of(lock.job_id)

@@ -6,14 +6,13 @@ in that order and without an `await` in between, so no other coroutine ever sees
 is not also queued for disk. Methods that acknowledge something to a client (`create_job`,
 `record_cancel`, `record_task_id`) return only after the commit: those are the durable points.
 
-A start does not read everything back. Jobs that had not ended come back with their commands,
-tasks and locks (what recovery, polling and lock checks need) but not their steps; an ended
+A start does not read everything back. Jobs that had not ended come back whole; an ended
 ("stored") job comes back as its summary columns only, without its params and result, and with
-only those of its tasks that still need something (not CLEARED or LOST). What was left on disk
-is read on first use (`job_view`, a look-up in `steps` / `commands` / `tasks_by_job`, a write
-of an ended job) and stays in memory from then on. A record left on disk cannot change before
-that read (every change goes through this class, with the record in hand), so what is read is
-what was last committed; records already in memory are kept, not replaced.
+only those of its tasks that still need something (not CLEARED or LOST). Its steps, commands,
+settled tasks, params and result are read from the store on first use (`job_view`, a look-up
+in `steps` / `commands` / `tasks_by_job`, a write of the job) and stay in memory from then on.
+An ended job changes only through this class, which loads it before any write, so what is read
+is what was last committed.
 """
 
 from __future__ import annotations
@@ -127,7 +126,6 @@ class Registry:
         self.hosts: dict[str, Host] = {}
         self._changed: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
         self._stored: set[str] = set()  # ended jobs whose tree is still only on disk
-        self._steps_on_disk: set[str] = set()  # running jobs whose steps are not read yet
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -210,7 +208,6 @@ class Registry:
         if job is None:
             return
         self._stored.discard(job_id)
-        self._steps_on_disk.discard(job_id)
         self.by_correlation[job.correlation_id].discard(job_id)
         self.by_status[job.status].discard(job_id)
         self.steps.pop(job_id, None)
@@ -455,7 +452,6 @@ class Registry:
                 job = model.job_from_doc(doc)
                 job.action = intern(job.action)
                 self._index_job(job)
-                self._steps_on_disk.add(job.id)
         owners: dict[int, int] = {}
         by_correlation, stored = self.by_correlation, self._stored
         for status in model.JOB_TERMINAL:
@@ -482,6 +478,9 @@ class Registry:
                     by_correlation[correlation].add(job_id)
                     with_status.add(job_id)
                     stored.add(job_id)
+        async for docs in store.records_of_jobs_in("step", _ACTIVE):
+            for doc in docs:
+                self._add_step(model.step_from_doc(doc), job_id_of)
         async for docs in store.records_of_jobs_in("command", _ACTIVE):
             for doc in docs:
                 self._add_command(model.command_from_doc(doc), job_id_of)
@@ -508,12 +507,12 @@ class Registry:
         step.job_id = job_id_of(step.job_id)
         if step.host is not None:
             step.host = intern(step.host)
-        dict.setdefault(self.steps, step.job_id, {}).setdefault(step.id, step)
+        dict.setdefault(self.steps, step.job_id, {})[step.id] = step
 
     def _add_command(self, command: Command, job_id_of: Callable[[str], str]) -> None:
         command.job_id = job_id_of(command.job_id)
         command.action = intern(command.action)
-        dict.setdefault(self.commands, command.job_id, {}).setdefault(command.id, command)
+        dict.setdefault(self.commands, command.job_id, {})[command.id] = command
 
     def _add_task(self, task: Task, job_id_of: Callable[[str], str]) -> None:
         if task.id in self.tasks:
@@ -523,13 +522,12 @@ class Registry:
         self._index_task(task)
 
     def _load_stored(self, job_id: str) -> None:
-        """Read what a start left on disk of a job into memory, the first time it is used."""
-        ended = job_id in self._stored
-        if not ended and job_id not in self._steps_on_disk:
+        """Read an ended job's tree from the store into memory, the first time it is used."""
+        if job_id not in self._stored:
             return
         tree = self.store.read_job_tree(job_id)
         job = self.jobs.get(job_id)
-        if ended and job is not None and tree.job is not None:
+        if job is not None and tree.job is not None:
             job.params = tree.job.get("params", {})
             job.result = tree.job.get("result")
 
@@ -543,7 +541,6 @@ class Registry:
         for doc in tree.tasks:
             self._add_task(model.task_from_doc(doc), own)
         self._stored.discard(job_id)
-        self._steps_on_disk.discard(job_id)
         log.debug("job %s: tree read from the store on first use", job_id)
 
     # -- views -------------------------------------------------------------------------------

@@ -131,31 +131,6 @@ async def test_writing_a_stored_job_keeps_its_params_and_result(tmp_path: Path) 
         await third.store.close()
 
 
-async def test_a_running_jobs_steps_are_read_before_one_is_added(tmp_path: Path) -> None:
-    """A start leaves running jobs' steps on disk; a new step must still be numbered after
-    them, and the records already in memory (its command) must stay the live ones."""
-    reg = await open_registry(tmp_path / "d.db")
-    job = Job(new_id(), "CreateDisk", {"size": 1}, 1000, "corr")
-    await reg.create_job(job)
-    reg.add_step(job, StepType.VALIDATING, "Validating")
-    reg.add_step(job, StepType.EXECUTING, "Executing")
-    cmd = Command(new_id(), job.id, "CreateDisk", {}, root_id="")
-    await reg.add_command(cmd)
-    await reg.store.close()
-
-    again = await open_registry(tmp_path / "d.db")
-    try:
-        live = again.jobs[job.id]
-        [root] = dict.__getitem__(again.commands, job.id).values()  # loaded at start
-        assert not dict.__contains__(again.steps, job.id)
-        step = again.add_step(live, StepType.FINALIZING, "Finalizing")
-        assert step.number == 3
-        assert [s["number"] for s in again.job_view(job.id)["steps"]] == [1, 2, 3]
-        assert again.commands[job.id][cmd.id] is root
-    finally:
-        await again.store.close()
-
-
 async def test_unsettled_tasks_of_an_ended_job_stay_in_memory(tmp_path: Path) -> None:
     """An ORPHAN task of an ended job is the reaper's; purge must see it without a read."""
     reg = await open_registry(tmp_path / "d.db")

@@ -541,7 +541,11 @@ class Registry:
         for doc in tree.tasks:
             self._add_task(model.task_from_doc(doc), own)
         self._stored.discard(job_id)
-        log.debug("job %s: tree read from the store on first use", job_id)
+        log.debug(
+            "job %s [%s]: tree read from the store on first use",
+            job_id,
+            job.correlation_id if job is not None else "",
+        )
 
     # -- views -------------------------------------------------------------------------------
 

@@ -6,6 +6,9 @@ coroutine drains the queue into a single transaction per round, so a burst of a 
 costs one commit. `write()` returns only once the transaction holding the change committed: that
 is what the API waits for before it acknowledges a job, a cancel or a task id.
 
+Reading happens at start (streamed, see `Registry.load` for what is read) and, for the few rows of
+one job, synchronously on first use through a separate read-only connection (`read_job_tree`).
+
 The writer is its own asyncio task, so a caller that is cancelled while it waits never cancels the
 write (asyncio's edge-triggered cancellation and aiosqlite's worker thread would otherwise leave
 it unclear whether a commit happened; see spec/prior-art.md §5).

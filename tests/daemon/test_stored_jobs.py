@@ -33,14 +33,7 @@ from daemon.model import (
 from daemon.registry import Registry
 from daemon.store import MIGRATIONS, Store
 from tests.daemon.stack import running_stack, start_sim
-
-
-async def open_registry(path: Path) -> Registry:
-    store = Store(path)
-    await store.open()
-    registry = Registry(store)
-    await registry.load()
-    return registry
+from tests.daemon.test_registry import open_registry
 
 
 async def ended_job(

@@ -56,6 +56,7 @@ _ACTIVE = tuple(s.value for s in JobStatus if s not in model.JOB_TERMINAL)
 _ENDED = tuple(s.value for s in JobStatus if s in model.JOB_TERMINAL)
 _SETTLED = tuple(s.value for s in TaskStatus if s in model.TASK_SETTLED)
 _UNSETTLED = tuple(s.value for s in TaskStatus if s not in model.TASK_SETTLED)
+_FREEZE_AT = 10_000  # jobs loaded at start from which their records are frozen (see `load`)
 
 
 class PerJob(dict[str, V]):
@@ -425,11 +426,11 @@ class Registry:
 
         The cyclic garbage collector is off meanwhile: loading only adds live objects, and with
         it on, each of its full passes re-walks every record loaded so far (a fifth of the
-        load's time at 100,000 jobs). What was loaded is then moved out of its reach
-        (`gc.freeze`): records live until their job is purged, form no cycles and are freed
-        by reference counting, so later full passes need not walk them either.
+        load's time at 100,000 jobs). After a large load, what is in memory is moved out of
+        its reach (`gc.freeze`): records live until their job is purged, form no cycles and
+        are freed by reference counting, so later full passes need not walk them either (a
+        small load is left alone: the walk is cheap and test processes load many times).
         """
-        gc.collect()  # garbage from before is not to be frozen (cheap: little is loaded yet)
         enabled = gc.isenabled()
         gc.disable()
         try:
@@ -437,7 +438,8 @@ class Registry:
         finally:
             if enabled:
                 gc.enable()
-        gc.freeze()
+        if len(self.jobs) >= _FREEZE_AT:
+            gc.freeze()
 
     async def _load(self) -> None:
         jobs = self.jobs

@@ -241,6 +241,22 @@ async def test_on_commit_hears_every_group_commit(tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_a_failing_on_commit_hook_fails_no_commit(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+
+    def broken(seconds: float, changes: int) -> None:
+        raise RuntimeError("metrics down")
+
+    store.on_commit = broken
+    await store.open()
+    try:
+        await store.write("host", "h1", {"name": "h1"})  # acknowledged despite the hook
+        await store.write("host", "h2", {"name": "h2"})  # and the store is not failed
+        assert [d["name"] for d in await store.load("host")] == ["h1", "h2"]
+    finally:
+        await store.close()
+
+
 def test_model_documents_round_trip_a_cancel_record() -> None:
     record = CancelRecord(CancelMode.REVERT, 1, 2.0, "r", outcome="aborted", actions=[{"a": 1}])
     doc = model.to_doc(Job("j", "A", {}, 0, "c", cancel=record))["cancel"]

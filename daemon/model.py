@@ -341,10 +341,14 @@ def job_from_doc(doc: dict[str, Any]) -> Job:
     job.status = _enum(JobStatus, job.status)
     cancel = doc.get("cancel")
     if cancel is not None:
-        record = CancelRecord(**cancel)
-        record.mode = _enum(CancelMode, record.mode)
-        job.cancel = record
+        job.cancel = cancel_from_doc(cancel)
     return job
+
+
+def cancel_from_doc(doc: dict[str, Any]) -> CancelRecord:
+    record = CancelRecord(**doc)
+    record.mode = _enum(CancelMode, record.mode)
+    return record
 
 
 def step_from_doc(doc: dict[str, Any]) -> Step:

@@ -5,17 +5,27 @@ transition (model.py), applies it in memory, queues the record for SQLite and pu
 in that order and without an `await` in between, so no other coroutine ever sees a change that
 is not also queued for disk. Methods that acknowledge something to a client (`create_job`,
 `record_cancel`, `record_task_id`) return only after the commit: those are the durable points.
+
+A start does not read everything back. Jobs that had not ended come back whole; an ended
+("stored") job comes back as its summary columns only, without its params and result, and with
+only those of its tasks that still need something (not CLEARED or LOST). Its steps, commands,
+settled tasks, params and result are read from the store on first use (`job_view`, a look-up
+in `steps` / `commands` / `tasks_by_job`, a write of the job) and stay in memory from then on.
+An ended job changes only through this class, which loads it before any write, so what is read
+is what was last committed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import itertools
+import json
 import logging
 import sys
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, overload
 
 from daemon import model
 from daemon.events import EventHub
@@ -37,6 +47,60 @@ from daemon.model import (
 from daemon.store import Kind, Store
 
 log = logging.getLogger(__name__)
+intern = sys.intern
+
+V = TypeVar("V")
+D = TypeVar("D")
+
+_ACTIVE = tuple(s.value for s in JobStatus if s not in model.JOB_TERMINAL)
+_ENDED = tuple(s.value for s in JobStatus if s in model.JOB_TERMINAL)
+_SETTLED = tuple(s.value for s in TaskStatus if s in model.TASK_SETTLED)
+_UNSETTLED = tuple(s.value for s in TaskStatus if s not in model.TASK_SETTLED)
+_FREEZE_AT = 10_000  # jobs loaded at start from which their records are frozen (see `load`)
+
+
+class PerJob(dict[str, V]):
+    """Job id -> that job's records; a look-up of a stored job's first reads it from the store.
+
+    Like a `defaultdict` (a missing job gets an empty value), except that a job whose records
+    were left on disk at start is loaded before the answer, so readers elsewhere (executor,
+    cancel, API) always see a whole tree. The registry itself fills it with `dict` methods,
+    which never load.
+    """
+
+    __slots__ = ("_empty", "_load")
+
+    def __init__(self, load: Callable[[str], None], empty: Callable[[], V]) -> None:
+        super().__init__()
+        self._load = load
+        self._empty = empty
+
+    def __missing__(self, job_id: str) -> V:
+        self._load(job_id)
+        value = dict.get(self, job_id)
+        if value is None:
+            value = self._empty()
+            dict.__setitem__(self, job_id, value)
+        return value
+
+    def __contains__(self, job_id: object) -> bool:
+        if isinstance(job_id, str) and not dict.__contains__(self, job_id):
+            self._load(job_id)
+        return dict.__contains__(self, job_id)
+
+    @overload
+    def get(self, job_id: str, default: None = None, /) -> V | None: ...
+
+    @overload
+    def get(self, job_id: str, default: V, /) -> V: ...
+
+    @overload
+    def get(self, job_id: str, default: D, /) -> V | D: ...
+
+    def get(self, job_id: str, default: Any = None, /) -> Any:
+        if not dict.__contains__(self, job_id):
+            self._load(job_id)
+        return dict.get(self, job_id, default)
 
 
 class LockConflict(Exception):
@@ -48,10 +112,10 @@ class Registry:
         self.store = store
         self.events = events or EventHub()
         self.jobs: dict[str, Job] = {}
-        self.steps: dict[str, dict[str, Step]] = collections.defaultdict(dict)  # by job
-        self.commands: dict[str, dict[str, Command]] = collections.defaultdict(dict)  # by job
-        self.tasks: dict[str, Task] = {}
-        self.tasks_by_job: dict[str, set[str]] = collections.defaultdict(set)
+        self.steps: PerJob[dict[str, Step]] = PerJob(self._load_stored, dict)
+        self.commands: PerJob[dict[str, Command]] = PerJob(self._load_stored, dict)
+        self.tasks: dict[str, Task] = {}  # every task of a loaded job, and every unsettled one
+        self.tasks_by_job: PerJob[set[str]] = PerJob(self._load_stored, set)
         self.tasks_by_host: dict[str, set[str]] = collections.defaultdict(set)
         self.by_vdsm_id: dict[tuple[str, str], str] = {}  # (host, vdsm task id) -> task id
         self.by_correlation: dict[str, set[str]] = collections.defaultdict(set)
@@ -62,12 +126,15 @@ class Registry:
         self._seq = itertools.count()
         self.hosts: dict[str, Host] = {}
         self._changed: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
+        self._stored: set[str] = set()  # ended jobs whose tree is still only on disk
 
     # -- plumbing ----------------------------------------------------------------------------
 
     def _emit(
         self, kind: Kind, key: str, record: model.Record | None, job_id: str | None, op: str
     ) -> asyncio.Future[None]:
+        if kind == "job" and key in self._stored:
+            self._load_stored(key)  # its document must not be written without params, result
         doc = model.to_doc(record) if record is not None else None
         done = self.store.put_nowait(kind, key, doc)
         self.events.publish(kind, op, key, job_id, doc or {})
@@ -141,6 +208,7 @@ class Registry:
         job = self.jobs.pop(job_id, None)
         if job is None:
             return
+        self._stored.discard(job_id)
         self.by_correlation[job.correlation_id].discard(job_id)
         self.by_status[job.status].discard(job_id)
         self.steps.pop(job_id, None)
@@ -213,9 +281,7 @@ class Registry:
 
     async def add_task(self, task: Task) -> None:
         """The placeholder written before the creating verb is sent (committed first)."""
-        self.tasks[task.id] = task
-        self.tasks_by_job[task.job_id].add(task.id)
-        self.tasks_by_host[task.host].add(task.id)
+        self._index_task(task)
         await self._emit("task", task.id, task, task.job_id, "created")
 
     async def record_task_id(self, task: Task, vdsm_id: str) -> None:
@@ -255,8 +321,35 @@ class Registry:
         self.set_task_status(task, TaskStatus.ENDED if state == "finished" else task.status)
         return True
 
+    def _index_task(self, task: Task) -> None:
+        self.tasks[task.id] = task
+        dict.setdefault(self.tasks_by_job, task.job_id, set()).add(task.id)
+        self.tasks_by_host[task.host].add(task.id)
+        if task.vdsm_id:
+            self.by_vdsm_id[(task.host, task.vdsm_id)] = task.id
+
     def job_tasks(self, job_id: str) -> list[Task]:
-        return [self.tasks[t] for t in self.tasks_by_job.get(job_id, ())]
+        """The job's tasks in memory: all of them, except for an ended job still on disk, whose
+        settled (CLEARED, LOST) ones are left there (`job_view` shows them). Every task that
+        still needs anything is always here, so "are all its tasks settled" needs no read."""
+        return [self.tasks[t] for t in dict.get(self.tasks_by_job, job_id, ())]
+
+    def task_count(self, job_id: str) -> int:
+        """How many tasks the job has, without reading a stored job's tree (one indexed count)."""
+        if job_id in self._stored:
+            return self.store.count_tasks(job_id)
+        return len(dict.get(self.tasks_by_job, job_id, ()))
+
+    def untracked_vdsm_ids(self, vdsm_ids: list[str]) -> list[str]:
+        """The VDSM task ids no task record has, in memory or in the store.
+
+        A pool's poller only knows the tasks in memory; an ended job's settled tasks stay on
+        disk, and one of those reported again by its SPM is not an orphan to reap.
+        """
+        if not vdsm_ids:
+            return []
+        stored = self.store.stored_vdsm_ids(vdsm_ids)
+        return [i for i in vdsm_ids if i not in stored]
 
     def host_tasks(self, host: str) -> list[Task]:
         return [self.tasks[t] for t in self.tasks_by_host.get(host, ())]
@@ -325,61 +418,143 @@ class Registry:
     # -- loading -------------------------------------------------------------------------------
 
     async def load(self) -> None:
-        """Rebuild every tree from the store (start-up).
+        """Rebuild the trees from the store (start-up): whole for the jobs that had not ended,
+        the summary columns and unsettled tasks for the others (see the module docstring).
 
         Records are read a chunk at a time, and the strings they repeat (their job's id, host,
         pool, action names) are shared with the first copy instead of kept once per record.
+
+        The cyclic garbage collector is off meanwhile: loading only adds live objects, and with
+        it on, each of its full passes re-walks every record loaded so far (a fifth of the
+        load's time at 100,000 jobs). After a large load, what is in memory is moved out of
+        its reach (`gc.freeze`): records live until their job is purged, form no cycles and
+        are freed by reference counting, so later full passes need not walk them either (a
+        small load is left alone: the walk is cheap and test processes load many times).
         """
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            await self._load()
+        finally:
+            if enabled:
+                gc.enable()
+        if len(self.jobs) >= _FREEZE_AT:
+            gc.freeze()
+
+    async def _load(self) -> None:
         jobs = self.jobs
-        intern = sys.intern
+        store = self.store
 
         def job_id_of(job_id: str) -> str:
             job = jobs.get(job_id)
             return job.id if job is not None else job_id
 
-        async for doc in self.store.iter_load("job"):
-            job = model.job_from_doc(doc)
-            job.action = intern(job.action)
-            jobs[job.id] = job
-            self.by_correlation[job.correlation_id].add(job.id)
-            self.by_status[job.status].add(job.id)
-        async for doc in self.store.iter_load("step"):
-            step = model.step_from_doc(doc)
-            step.job_id = job_id_of(step.job_id)
-            if step.host is not None:
-                step.host = intern(step.host)
-            self.steps[step.job_id][step.id] = step
-        async for doc in self.store.iter_load("command"):
-            command = model.command_from_doc(doc)
-            command.job_id = job_id_of(command.job_id)
-            command.action = intern(command.action)
-            self.commands[command.job_id][command.id] = command
-        async for doc in self.store.iter_load("task"):
-            task = model.task_from_doc(doc)
-            task.job_id = job_id_of(task.job_id)
-            task.host, task.pool, task.verb = (
-                intern(task.host),
-                intern(task.pool),
-                intern(task.verb),
-            )
-            self.tasks[task.id] = task
-            self.tasks_by_job[task.job_id].add(task.id)
-            self.tasks_by_host[task.host].add(task.id)
-            if task.vdsm_id:
-                self.by_vdsm_id[(task.host, task.vdsm_id)] = task.id
-        async for doc in self.store.iter_load("lock"):
+        async for docs in store.jobs_in(_ACTIVE):
+            for doc in docs:
+                job = model.job_from_doc(doc)
+                job.action = intern(job.action)
+                self._index_job(job)
+        owners: dict[int, int] = {}
+        by_correlation, stored = self.by_correlation, self._stored
+        for status in model.JOB_TERMINAL:
+            with_status = self.by_status[status]
+            async for rows in store.job_summaries(status.value):
+                for row in rows:
+                    job_id, action, correlation, owner, created, ended, updated = row[:7]
+                    description, error, cancel = row[7:]
+                    jobs[job_id] = Job(
+                        job_id,
+                        intern(action),
+                        {},  # read on first use, with the result
+                        owners.setdefault(owner, owner),
+                        correlation,
+                        intern(description),
+                        status,
+                        created,
+                        updated if updated is not None else created,
+                        ended,
+                        None,
+                        error,
+                        None if cancel is None else model.cancel_from_doc(json.loads(cancel)),
+                    )
+                    by_correlation[correlation].add(job_id)
+                    with_status.add(job_id)
+                    stored.add(job_id)
+        async for docs in store.records_of_jobs_in("step", _ACTIVE):
+            for doc in docs:
+                self._add_step(model.step_from_doc(doc), job_id_of)
+        async for docs in store.records_of_jobs_in("command", _ACTIVE):
+            for doc in docs:
+                self._add_command(model.command_from_doc(doc), job_id_of)
+        async for docs in store.tasks_in(_UNSETTLED):
+            for doc in docs:
+                self._add_task(model.task_from_doc(doc), job_id_of)
+        async for docs in store.tasks_in(_SETTLED, job_statuses=_ACTIVE):
+            for doc in docs:
+                self._add_task(model.task_from_doc(doc), job_id_of)
+        async for doc in store.iter_load("lock"):
             lock = model.lock_from_doc(doc)
             lock.job_id = job_id_of(lock.job_id)
             self._hold(self._holders(lock.entity), lock)
-        async for doc in self.store.iter_load("host"):
+        async for doc in store.iter_load("host"):
             host = model.host_from_doc(doc)
             self.hosts[host.name] = host
+
+    def _index_job(self, job: Job) -> None:
+        self.jobs[job.id] = job
+        self.by_correlation[job.correlation_id].add(job.id)
+        self.by_status[job.status].add(job.id)
+
+    def _add_step(self, step: Step, job_id_of: Callable[[str], str]) -> None:
+        step.job_id = job_id_of(step.job_id)
+        if step.host is not None:
+            step.host = intern(step.host)
+        dict.setdefault(self.steps, step.job_id, {})[step.id] = step
+
+    def _add_command(self, command: Command, job_id_of: Callable[[str], str]) -> None:
+        command.job_id = job_id_of(command.job_id)
+        command.action = intern(command.action)
+        dict.setdefault(self.commands, command.job_id, {})[command.id] = command
+
+    def _add_task(self, task: Task, job_id_of: Callable[[str], str]) -> None:
+        if task.id in self.tasks:
+            return  # already in memory (an unsettled task of a stored job): that copy is live
+        task.job_id = job_id_of(task.job_id)
+        task.host, task.pool, task.verb = intern(task.host), intern(task.pool), intern(task.verb)
+        self._index_task(task)
+
+    def _load_stored(self, job_id: str) -> None:
+        """Read an ended job's tree from the store into memory, the first time it is used."""
+        if job_id not in self._stored:
+            return
+        tree = self.store.read_job_tree(job_id)
+        job = self.jobs.get(job_id)
+        if job is not None and tree.job is not None:
+            job.params = tree.job.get("params", {})
+            job.result = tree.job.get("result")
+
+        def own(_: str) -> str:
+            return job.id if job is not None else job_id
+
+        for doc in tree.steps:
+            self._add_step(model.step_from_doc(doc), own)
+        for doc in tree.commands:
+            self._add_command(model.command_from_doc(doc), own)
+        for doc in tree.tasks:
+            self._add_task(model.task_from_doc(doc), own)
+        self._stored.discard(job_id)
+        log.debug(
+            "job %s [%s]: tree read from the store on first use",
+            job_id,
+            job.correlation_id if job is not None else "",
+        )
 
     # -- views -------------------------------------------------------------------------------
 
     def job_view(self, job_id: str) -> dict[str, Any]:
         """The whole job as the API shows it: steps as a tree, commands, tasks, cancel, locks."""
         job = self.jobs[job_id]
+        self._load_stored(job_id)
         view = model.to_doc(job)
         steps = sorted(self.steps.get(job_id, {}).values(), key=lambda s: s.number)
         children: dict[str | None, list[dict[str, Any]]] = collections.defaultdict(list)

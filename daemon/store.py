@@ -6,6 +6,9 @@ coroutine drains the queue into a single transaction per round, so a burst of a 
 costs one commit. `write()` returns only once the transaction holding the change committed: that
 is what the API waits for before it acknowledges a job, a cancel or a task id.
 
+Reading happens at start (streamed, see `Registry.load` for what is read) and, for the few rows of
+one job, synchronously on first use through a separate read-only connection (`read_job_tree`).
+
 The writer is its own asyncio task, so a caller that is cancelled while it waits never cancels the
 write (asyncio's edge-triggered cancellation and aiosqlite's worker thread would otherwise leave
 it unclear whether a commit happened; see spec/prior-art.md §5).
@@ -17,8 +20,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,9 +33,23 @@ log = logging.getLogger(__name__)
 
 Kind = Literal["job", "step", "command", "task", "lock", "host", "purge", "barrier"]
 
-# Each table keeps the record as a JSON document plus the columns queries and restarts need.
+# Each table keeps the record as a JSON document plus the columns queries and restarts need. A
+# job's columns are everything its summary shows, so a start reads ended jobs without decoding
+# their documents (`iter_job_summaries`).
+_JOB_COLUMNS = (
+    "status",
+    "action",
+    "correlation_id",
+    "owner",
+    "created_at",
+    "ended_at",
+    "updated_at",
+    "description",
+    "error",
+    "cancel",
+)
 _TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "job": ("jobs", ("status", "action", "correlation_id", "owner", "created_at", "ended_at")),
+    "job": ("jobs", _JOB_COLUMNS),
     "step": ("steps", ("job_id",)),
     "command": ("commands", ("job_id",)),
     "task": ("tasks", ("job_id", "host", "status", "vdsm_id")),
@@ -60,7 +78,26 @@ MIGRATIONS: list[str] = [
     CREATE INDEX locks_job ON locks(job_id);
     CREATE TABLE hosts (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
     """,
+    # 2: a job's summary in columns (a start reads ended jobs without their documents); tasks
+    # found by status (a start loads only unsettled ones) and by VDSM id (orphan checks).
+    """
+    ALTER TABLE jobs ADD COLUMN updated_at REAL;
+    ALTER TABLE jobs ADD COLUMN description TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN error TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN cancel TEXT;
+    UPDATE jobs SET
+        updated_at = json_extract(doc, '$.updated_at'),
+        description = coalesce(json_extract(doc, '$.description'), ''),
+        error = coalesce(json_extract(doc, '$.error'), ''),
+        cancel = json(json_extract(doc, '$.cancel'));
+    CREATE INDEX tasks_status ON tasks(status);
+    CREATE INDEX tasks_vdsm ON tasks(vdsm_id);
+    """,
 ]
+
+# A stored job as `iter_job_summaries` yields it: the columns above but its status, the cancel
+# still JSON.
+JobSummaryRow = tuple[str, str, str, int, float, float | None, float | None, str, str, str | None]
 
 
 class StoreError(RuntimeError):
@@ -84,6 +121,12 @@ class StoreStats:
 
 
 class Store:
+    """The daemon's SQLite file: one asynchronous writer, streaming loads, small synchronous reads.
+
+    `on_commit`, when set, is called after every group commit with the seconds it took and the
+    number of changes it wrote (the metrics attach a histogram there).
+    """
+
     def __init__(
         self, path: Path | str, *, synchronous: str = "FULL", batch_limit: int = 5000
     ) -> None:
@@ -97,6 +140,8 @@ class Store:
         self._queue: asyncio.Queue[_Op | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._failed: BaseException | None = None
+        self._reader: sqlite3.Connection | None = None
+        self.on_commit: Callable[[float, int], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -106,7 +151,12 @@ class Store:
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute(f"PRAGMA synchronous={self.synchronous}")
         await self._db.execute("PRAGMA foreign_keys=ON")
-        await self._migrate()
+        try:
+            await self._migrate()
+        except BaseException:
+            await self._db.close()  # a refused file leaves no connection (and thread) behind
+            self._db = None
+            raise
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
 
     async def _migrate(self) -> None:
@@ -130,6 +180,9 @@ class Store:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
             self._writer = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -217,6 +270,11 @@ class Store:
         self.stats.last_commit_seconds = elapsed
         self.stats.commit_seconds.append(elapsed)
         del self.stats.commit_seconds[:-1000]
+        if self.on_commit is not None:
+            try:
+                self.on_commit(elapsed, len(batch))
+            except Exception:  # a metrics hook must never fail a commit that happened
+                log.exception("store on_commit hook failed")
         for op in batch:
             if op.done is not None and not op.done.done():
                 op.done.set_result(None)
@@ -228,22 +286,147 @@ class Store:
         return [doc async for doc in self.iter_load(kind)]
 
     async def iter_load(self, kind: Kind, chunk: int = 2000) -> AsyncIterator[dict[str, Any]]:
-        """Every record of a kind, as written, a chunk of rows at a time (used once at start).
+        """Every record of a kind, as written, a chunk of rows at a time."""
+        table, _ = _TABLES[kind]
+        async for rows in self._chunks(f"SELECT doc FROM {table}", (), chunk):
+            for (doc,) in rows:
+                yield _loads(doc)
 
-        Streaming keeps the start-up peak small: only one chunk of raw rows and documents is
-        alive at a time instead of every row of the table and then every document.
+    # The start's reads yield a chunk of documents (or rows) at a time: a list is far cheaper
+    # to walk than an asynchronous generator's step per record, at tens of thousands of them.
+
+    async def jobs_in(self, statuses: Collection[str]) -> AsyncIterator[list[dict[str, Any]]]:
+        """The documents of the jobs in one of `statuses`."""
+        sql = f"SELECT doc FROM jobs WHERE status IN ({_marks(statuses)})"
+        async for rows in self._chunks(sql, tuple(statuses)):
+            yield [_loads(doc) for (doc,) in rows]
+
+    async def records_of_jobs_in(
+        self, kind: Kind, job_statuses: Collection[str]
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Steps, commands, tasks or locks of the jobs in one of `job_statuses`."""
+        table, _ = _TABLES[kind]
+        sql = (
+            f"SELECT r.doc FROM jobs j JOIN {table} r ON r.job_id = j.id "
+            f"WHERE j.status IN ({_marks(job_statuses)})"
+        )
+        async for rows in self._chunks(sql, tuple(job_statuses)):
+            yield [_loads(doc) for (doc,) in rows]
+
+    async def tasks_in(
+        self, statuses: Collection[str], *, job_statuses: Collection[str] = ()
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The tasks in one of `statuses`, of any job or of jobs in one of `job_statuses`."""
+        sql = f"SELECT doc FROM tasks WHERE status IN ({_marks(statuses)})"
+        if job_statuses:
+            sql += f" AND job_id IN (SELECT id FROM jobs WHERE status IN ({_marks(job_statuses)}))"
+        async for rows in self._chunks(sql, (*statuses, *job_statuses)):
+            yield [_loads(doc) for (doc,) in rows]
+
+    async def job_summaries(self, status: str) -> AsyncIterator[list[JobSummaryRow]]:
+        """The jobs in `status` as their summary columns (no document decoded)."""
+        sql = (
+            "SELECT id, action, correlation_id, owner, created_at, ended_at, updated_at,"
+            " description, error, cancel FROM jobs WHERE status = ?"
+        )
+        async for rows in self._chunks(sql, (status,)):
+            yield rows
+
+    async def _chunks(
+        self, sql: str, params: tuple[Any, ...], chunk: int = 2000
+    ) -> AsyncIterator[list[Any]]:
+        """Rows of a query, a chunk at a time (used at start).
+
+        Streaming keeps the start-up peak small: only a couple of chunks of raw rows are alive
+        at a time instead of every row of the table and then every document. The next chunk is
+        fetched by aiosqlite's thread (SQLite itself runs without the GIL) while the caller
+        decodes this one.
         """
         assert self._db is not None
-        table, _ = _TABLES[kind]
-        loads = json.loads
-        async with self._db.execute(f"SELECT doc FROM {table}") as cur:
-            while rows := await cur.fetchmany(chunk):
-                for row in rows:
-                    yield loads(row[0])
+        async with self._db.execute(sql, params) as cur:
+            ahead = asyncio.ensure_future(cur.fetchmany(chunk))
+            try:
+                while rows := await ahead:
+                    ahead = asyncio.ensure_future(cur.fetchmany(chunk))
+                    yield list(rows)
+            finally:
+                with contextlib.suppress(Exception):
+                    await ahead  # the cursor closes only after the read in flight
+
+    def count_tasks(self, job_id: str) -> int:
+        """How many tasks of a job are stored."""
+        db = self._read_connection()
+        row = db.execute("SELECT count(*) FROM tasks WHERE job_id = ?", (job_id,)).fetchone()
+        return int(row[0])
+
+    # -- small synchronous reads -----------------------------------------------------------------
+    #
+    # A stored job's tree is a handful of rows found through an index: well under a millisecond
+    # read on the event loop's thread, so `Registry.job_view` and the mappings that load a
+    # tree on first use stay synchronous. The connection is read-only and separate from the
+    # writer's; WAL lets it read the last commit while the writer works.
+
+    def read_job_tree(self, job_id: str) -> StoredTree:
+        """A job's document and its steps, commands and tasks as last committed."""
+        db = self._read_connection()
+
+        def docs(table: str) -> list[dict[str, Any]]:
+            rows = db.execute(f"SELECT doc FROM {table} WHERE job_id = ?", (job_id,))
+            return [_loads(doc) for (doc,) in rows]
+
+        row = db.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        job = None if row is None else _loads(row[0])
+        return StoredTree(job, docs("steps"), docs("commands"), docs("tasks"))
+
+    def stored_vdsm_ids(self, vdsm_ids: Collection[str]) -> set[str]:
+        """Which of these VDSM task ids a stored task record has."""
+        if not vdsm_ids:
+            return set()
+        ids = list(vdsm_ids)
+        db = self._read_connection()
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):  # below SQLite's bound-parameter limit
+            part = ids[start : start + 500]
+            sql = f"SELECT vdsm_id FROM tasks WHERE vdsm_id IN ({_marks(part)})"
+            found.update(vdsm_id for (vdsm_id,) in db.execute(sql, part))
+        return found
+
+    def _read_connection(self) -> sqlite3.Connection:
+        if self._reader is None:
+            if self._db is None:
+                raise StoreError(f"store {self.path} is not open")
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            self._reader = sqlite3.connect(uri, uri=True, isolation_level=None)
+        return self._reader
+
+
+@dataclass(slots=True)
+class StoredTree:
+    """One job as committed: its document (None when it is not stored) and its records'."""
+
+    job: dict[str, Any] | None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    commands: list[dict[str, Any]] = field(default_factory=list)
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+
+
+_raw_decode = json.JSONDecoder().raw_decode
+
+
+def _loads(text: str) -> Any:
+    """`json.loads` minus its two whitespace scans (regular-expression calls): the documents
+    are our own `json.dumps` output, and a start decodes tens of thousands of them."""
+    return _raw_decode(text)[0]
+
+
+def _marks(values: Collection[Any]) -> str:
+    return ", ".join("?" * len(values))
 
 
 def _column(doc: dict[str, Any], column: str) -> Any:
     value = doc.get(column)
+    if column == "cancel":
+        return None if value is None else json.dumps(value)
     return getattr(value, "value", value)  # enums are stored as their value
 
 

@@ -405,7 +405,7 @@ def job_summary(registry: Registry, job: model.Job) -> dict[str, Any]:
         "updated_at": job.updated_at,
         "ended_at": job.ended_at,
         "error": job.error,
-        "tasks": len(registry.tasks_by_job.get(job.id, ())),
+        "tasks": registry.task_count(job.id),
         "cancel": None
         if cancel is None
         else {"mode": cancel.mode.value, "outcome": cancel.outcome},

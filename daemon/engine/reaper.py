@@ -44,6 +44,7 @@ class Reaper:
 
     async def on_unknown_tasks(self, pool: str, host: str, ids: list[str]) -> None:
         """Called by a pool's poller with the ids its SPM reports that no record owns."""
+        ids = self.registry.untracked_vdsm_ids(ids)  # an ended job's tasks stay on disk
         now = time.monotonic()
         current = {(host, i) for i in ids}
         for key in list(self.unknown):

@@ -302,7 +302,24 @@ class Registry:
         for key, value in changes.items():
             setattr(task, key, value)
         task.updated_at = model.now()
-        return self._emit("task", task.id, task, task.job_id, "updated")
+        done = self._emit("task", task.id, task, task.job_id, "updated")
+        if task.status is TaskStatus.ENDED and task.step_id is not None:
+            self._end_task_step(task)
+        return done
+
+    def _end_task_step(self, task: Task) -> None:
+        """A task's step ends with its task, as the engine's does: success FINISHED, a task we
+        stopped ABORTED, any other result FAILED. Without this a finished job kept its task
+        steps STARTED for good."""
+        step = self.steps.get(task.job_id, {}).get(task.step_id or "")
+        if step is None or step.status is not StepStatus.STARTED:
+            return
+        if task.vdsm_result == "success":
+            self.end_step(step, StepStatus.FINISHED)
+        elif task.stop_sent:
+            self.end_step(step, StepStatus.ABORTED)
+        else:
+            self.end_step(step, StepStatus.FAILED)
 
     def report_task(self, task: Task, report: dict[str, Any]) -> bool:
         """Apply one VDSM TaskStatus; returns True when it changed anything."""

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import aiosqlite
+import orjson
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +251,7 @@ class Store:
                     marks = ", ".join("?" * (len(columns) + 2))
                     await self._db.executemany(
                         f"INSERT OR REPLACE INTO {table} ({names}) VALUES ({marks})",
-                        [(k, *(_column(d, c) for c in columns), json.dumps(d)) for k, d in upserts],
+                        [(k, *(_column(d, c) for c in columns), _dumps(d)) for k, d in upserts],
                     )
                 if deletes:
                     await self._db.executemany(f"DELETE FROM {table} WHERE id = ?", deletes)
@@ -410,13 +411,20 @@ class StoredTree:
     tasks: list[dict[str, Any]] = field(default_factory=list)
 
 
-_raw_decode = json.JSONDecoder().raw_decode
-
-
 def _loads(text: str) -> Any:
-    """`json.loads` minus its two whitespace scans (regular-expression calls): the documents
-    are our own `json.dumps` output, and a start decodes tens of thousands of them."""
-    return _raw_decode(text)[0]
+    """orjson rather than the standard library: a start decodes tens of thousands of documents,
+    at a third of the cost (2 vs 6 µs for a step's document on this project's machine)."""
+    return orjson.loads(text)
+
+
+def _dumps(doc: Any) -> str:
+    """orjson (0.8 vs 6.8 µs a document): every change of every record is encoded once on its
+    way to the writer. A value orjson refuses (an integer beyond 64 bits in user-supplied
+    parameters, say) falls back to the standard library, which writes any JSON value."""
+    try:
+        return orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(doc)
 
 
 def _marks(values: Collection[Any]) -> str:
@@ -426,7 +434,7 @@ def _marks(values: Collection[Any]) -> str:
 def _column(doc: dict[str, Any], column: str) -> Any:
     value = doc.get(column)
     if column == "cancel":
-        return None if value is None else json.dumps(value)
+        return None if value is None else _dumps(value)
     return getattr(value, "value", value)  # enums are stored as their value
 
 

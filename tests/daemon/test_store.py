@@ -43,6 +43,21 @@ async def test_write_then_load_round_trip(tmp_path: Path) -> None:
     await store.close()
 
 
+async def test_any_json_value_is_stored(tmp_path: Path) -> None:
+    """Parameters come from users: an integer beyond 64 bits or a non-string key must not break
+    the writer (the fast encoder refuses the first; the store falls back)."""
+    store = await open_store(tmp_path / "s.db")
+    doc = {"id": "s1", "job_id": "j1", "params": {"size": 2**70, "nested": [1.5, None, "é"]}}
+    await store.write("step", "s1", doc)
+    await store.write("step", "s2", {"id": "s2", "job_id": "j1", "data": {1: "one"}})
+    await store.close()
+    store = await open_store(tmp_path / "s.db")
+    loaded = {d["id"]: d for d in await store.load("step")}
+    assert loaded["s1"] == doc
+    assert loaded["s2"]["data"] == {"1": "one"}  # as the standard library writes it
+    await store.close()
+
+
 async def test_many_writes_share_few_commits(tmp_path: Path) -> None:
     store = await open_store(tmp_path / "s.db", synchronous="NORMAL")
     futures = [

@@ -10,7 +10,10 @@ Set-up, per phase (stop, revert, baseline; each on a fresh simulator and databas
 2. A ``Daemon`` (daemon.service) in this process on a temp SQLite (synchronous=FULL, the
    default), the P hosts from its config, default polling.
 3. N ``CreateVm`` jobs, round-robin over the pools, each with three disks in its pool and its VM
-   on the pool's SPM host: three ``CreateDisk`` children, three ``Volume.create`` tasks. They are
+   on the pool's SPM host: three ``CreateDisk`` children, three ``Volume.create`` tasks, by
+   default PREALLOCATED (``--preallocate``): VDSM allocates those through an abortable
+   operation, so Task.stop interrupts them; a SPARSE create cannot be interrupted and a stop
+   waits for its work to end (``--preallocate SPARSE`` measures that). They are
    submitted as one batch (``executor.submit_batch``); the phase waits until all 3N tasks are
    POLLING in the daemon (and checks that none has finished yet: T is long).
 4. stop / revert: every job is cancelled at once (``Daemon.cancels.cancel(job_id, mode=...)``,
@@ -28,6 +31,7 @@ non-zero only with ``--check`` (or when a correctness check fails).
 
     python bench/cancel_latency.py            # 50 pools, 1,000 jobs x 3 tasks of 60 s
     python bench/cancel_latency.py --quick    # 10 pools, 100 jobs x 3 tasks of 5 s
+    python bench/cancel_latency.py --preallocate SPARSE   # tasks VDSM cannot abort
 """
 
 from __future__ import annotations
@@ -63,6 +67,9 @@ TARGET_P99_S = 1.0
 TASKS_PER_JOB = 3
 RAMP_TIMEOUT = 300.0
 END_TIMEOUT = 300.0
+# the simulator's createVolume takes its --task-seconds x this (preallocating writes the whole
+# volume); the simulator is given task_seconds / factor so every task lasts task_seconds
+ALLOCATION_FACTOR = {"SPARSE": 1.0, "PREALLOCATED": 2.0}
 
 
 @dataclass
@@ -71,6 +78,7 @@ class PhaseResult:
     jobs: int
     pools: int
     task_seconds: float
+    preallocate: str  # the disks' allocation: PREALLOCATED (abortable) or SPARSE
     ramp_s: float  # submit -> all tasks POLLING
     remaining_s: float  # task duration left when the phase's clock started
     ended_ok: int
@@ -117,7 +125,7 @@ async def wait_until(daemon: Daemon, done: Any, seconds: float) -> bool:
 
 
 async def run_phase(
-    name: str, *, pools: int, jobs: int, task_seconds: float, workdir: Path
+    name: str, *, pools: int, jobs: int, task_seconds: float, preallocate: str, workdir: Path
 ) -> PhaseResult:
     per_host = math.ceil(jobs / pools) * TASKS_PER_JOB
     sim = SimProcess(
@@ -129,7 +137,7 @@ async def run_phase(
             "--time-scale",
             "1",
             "--task-seconds",
-            str(task_seconds),
+            str(task_seconds / ALLOCATION_FACTOR[preallocate]),
             "--task-distribution",
             "fixed",
         ],
@@ -159,7 +167,12 @@ async def run_phase(
             entries = []
             for i in range(jobs):
                 pool, domain, spm = targets[i % len(targets)]
-                disk = {"pool": pool, "domain": domain, "size": 1 << 30}
+                disk = {
+                    "pool": pool,
+                    "domain": domain,
+                    "size": 1 << 30,
+                    "preallocate": preallocate,
+                }
                 entries.append(
                     {
                         "action": "CreateVm",
@@ -265,6 +278,7 @@ async def run_phase(
         jobs=jobs,
         pools=pools,
         task_seconds=task_seconds,
+        preallocate=preallocate,
         ramp_s=round(ramp, 2),
         remaining_s=round(remaining, 2),
         ended_ok=len(latencies),
@@ -289,6 +303,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pools", type=int, help="pools, one SPM host each (50)")
     p.add_argument("--jobs", type=int, help="CreateVm jobs of three disks each (1000)")
     p.add_argument("--task-seconds", type=float, help="duration of every task, fixed (60)")
+    p.add_argument(
+        "--preallocate",
+        choices=("PREALLOCATED", "SPARSE"),
+        default="PREALLOCATED",
+        help="the disks' allocation (VDSM can abort only PREALLOCATED creation; default)",
+    )
     p.add_argument("--no-baseline", action="store_true", help="skip the finish-on-its-own phase")
     p.add_argument("--quick", action="store_true", help="smoke run: 10 pools, 100 jobs, 5 s tasks")
     p.add_argument("--check", action="store_true", help="exit 1 when the target is missed")
@@ -306,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine()}")
     print(
         f"load: {args.pools} pools (one SPM host each), {args.jobs} CreateVm jobs of "
-        f"{TASKS_PER_JOB} disks = {args.jobs * TASKS_PER_JOB} Volume.create tasks of "
+        f"{TASKS_PER_JOB} {args.preallocate} disks = {args.jobs * TASKS_PER_JOB} Volume.create "
+        "tasks of "
         f"{args.task_seconds:g} s (fixed), all running before the clock starts"
     )
     print(
@@ -328,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                         pools=args.pools,
                         jobs=args.jobs,
                         task_seconds=args.task_seconds,
+                        preallocate=args.preallocate,
                         workdir=workdir,
                     )
                 )

@@ -36,7 +36,14 @@ from daemon.model import (
     TaskStatus,
 )
 from daemon.registry import Registry
-from daemon.vdsm.errors import NotSpm, UnknownTask, VdsmCallError
+from daemon.vdsm.errors import (
+    NotSpm,
+    TaskAborted,
+    TaskNotFinished,
+    TaskStateTransitionError,
+    UnknownTask,
+    VdsmCallError,
+)
 
 if TYPE_CHECKING:
     from daemon.engine.executor import Executor
@@ -312,17 +319,41 @@ class CancelCoordinator:
     async def _on_spm(self, task: model.Task, verb: str) -> None:
         """Task.stop/revert/clear of an SPM task, sent to the pool's SPM as it is now: the task
         lives with the pool, and a new SPM recovers it from storage (the SPM may have moved since
-        the task started). A task the SPM does not know is gone for stop and clear."""
+        the task started). A task the SPM does not know is gone for stop and clear.
+
+        A verb may reach VDSM twice: the daemon can die after sending it and before its record
+        committed, and the restarted cancel sends it again. VDSM refuses the repeat, and the
+        refusal means the first one took effect: a stop of a task already aborting answers 411;
+        a revert of a task already rolling back (403) or rolled back (441) is confirmed by the
+        task's state before it counts as sent."""
         assert task.vdsm_id is not None
         spm = await self.hosts.spm(task.pool)
+        vdsm = self.hosts.vdsm(spm)
         try:
-            await getattr(self.hosts.vdsm(spm), verb)(task.vdsm_id)
+            await getattr(vdsm, verb)(task.vdsm_id)
         except NotSpm:
             self.hosts.forget_spm(task.pool)  # moved again: rediscovered on the next attempt
             raise
         except UnknownTask:
             if verb == "revert_task":
                 raise
+        except TaskAborted:
+            if verb != "stop_task":
+                raise
+            log.info("job %s: task %s was already aborting (stop repeated)", task.job_id, task.id)
+        except (TaskNotFinished, TaskStateTransitionError):
+            if verb != "revert_task":
+                raise
+            report = await vdsm.task_status(task.vdsm_id)
+            if report.state == "finished" and report.result == "success":
+                raise  # not a repeat: the task is as it was, and VDSM refused the revert
+            log.info(
+                "job %s: task %s was already reverted (%s %s; revert repeated)",
+                task.job_id,
+                task.id,
+                report.state,
+                report.result,
+            )
 
     async def _revert(self, job: Job, give_up: float) -> None:
         cancel = job.cancel

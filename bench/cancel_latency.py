@@ -93,6 +93,12 @@ class PhaseResult:
     # (simulator hook, sim_finish_times.py): the poll that sees it, Task.clear, the commits
     after_vdsm_p50_s: float = float("nan")
     after_vdsm_p99_s: float = float("nan")
+    # cancel request -> the job's last Task.stop answered (its "stopped" action in the record)
+    stopped_p50_s: float = float("nan")
+    stopped_p99_s: float = float("nan")
+    # the job's last Task.stop answered -> VDSM had ended its last task (the abort and rollback)
+    vdsm_p50_s: float = float("nan")
+    vdsm_p99_s: float = float("nan")
     daemon_cpu_s: float = 0.0  # CPU seconds of this process from the clock's start to the end
     sim_tasks_left: int = 0
     volumes_left: int = 0  # revert: volumes beyond those the pools started with
@@ -235,6 +241,7 @@ async def run_phase(
             cpu = cpu_seconds() - cpu0
             latencies: list[float] = []
             vdsm_ids: dict[str, tuple[list[str | None], float]] = {}
+            stopped_at: dict[str, float] = {}
             wrong = 0
             for job in batch:
                 tasks = reg.job_tasks(job.id)
@@ -255,6 +262,13 @@ async def run_phase(
                 start = requested.get(job.id, t_running)
                 latencies.append(job.ended_at - start)
                 vdsm_ids[job.id] = ([t.vdsm_id for t in tasks if t.vdsm_id], job.ended_at)
+                stops = [
+                    a["at"]
+                    for a in (job.cancel.actions if job.cancel else [])
+                    if a["action"] == "stopped"
+                ]
+                if stops:
+                    stopped_at[job.id] = max(stops)
             ack = [acked[j] - requested[j] for j in acked]
         finally:
             await daemon.stop()
@@ -266,11 +280,14 @@ async def run_phase(
     finally:
         sim.stop()
     finished_at = sim.finish_times()
-    after_vdsm = [
-        ended - max(finished_at[i] for i in ids)
-        for ids, ended in vdsm_ids.values()
+    vdsm_end = {
+        job_id: max(finished_at[i] for i in ids)
+        for job_id, (ids, _) in vdsm_ids.items()
         if ids and all(i in finished_at for i in ids)
-    ]
+    }
+    after_vdsm = [vdsm_ids[job_id][1] - end for job_id, end in vdsm_end.items()]
+    stopped = [at - requested[job_id] for job_id, at in stopped_at.items()]
+    aborted = [end - stopped_at[job_id] for job_id, end in vdsm_end.items() if job_id in stopped_at]
     if len(after_vdsm) != len(vdsm_ids):
         errors.append(f"{len(vdsm_ids) - len(after_vdsm)} jobs without a simulator end time")
     return PhaseResult(
@@ -291,6 +308,10 @@ async def run_phase(
         ack_p99_s=round(percentile(ack, 0.99), 3),
         after_vdsm_p50_s=round(percentile(after_vdsm, 0.50), 3),
         after_vdsm_p99_s=round(percentile(after_vdsm, 0.99), 3),
+        stopped_p50_s=round(percentile(stopped, 0.50), 3),
+        stopped_p99_s=round(percentile(stopped, 0.99), 3),
+        vdsm_p50_s=round(percentile(aborted, 0.50), 3),
+        vdsm_p99_s=round(percentile(aborted, 0.99), 3),
         daemon_cpu_s=round(cpu, 2),
         sim_tasks_left=left,
         volumes_left=volumes_left,
@@ -357,13 +378,15 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\n{'phase':<10}{'jobs':>6}{'ok':>6}{'wrong':>6}{'ramp s':>8}{'left s':>8}"
         f"{'p50 s':>9}{'p90 s':>9}{'p99 s':>9}{'max s':>9}{'ack p50/p99 s':>16}"
-        f"{'after VDSM p50/p99':>20}{'CPU s':>7}{'sim tasks':>10}{'vols':>5}"
+        f"{'stops p50/p99':>16}{'VDSM p50/p99':>16}{'after VDSM p50/p99':>20}{'CPU s':>7}"
+        f"{'sim tasks':>10}{'vols':>5}"
     )
     for r in results:
         print(
             f"{r.name:<10}{r.jobs:>6}{r.ended_ok:>6}{r.wrong:>6}{r.ramp_s:>8.1f}"
             f"{r.remaining_s:>8.1f}{r.p50_s:>9.3f}{r.p90_s:>9.3f}{r.p99_s:>9.3f}{r.max_s:>9.3f}"
             f"{r.ack_p50_s:>9.3f}/{r.ack_p99_s:<6.3f}"
+            f"{r.stopped_p50_s:>9.3f}/{r.stopped_p99_s:<6.3f}{r.vdsm_p50_s:>9.3f}/{r.vdsm_p99_s:<6.3f}"
             f"{r.after_vdsm_p50_s:>13.3f}/{r.after_vdsm_p99_s:<6.3f}{r.daemon_cpu_s:>7.1f}"
             f"{r.sim_tasks_left:>10}{r.volumes_left:>5}"
         )

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from daemon import model
@@ -297,24 +298,29 @@ class CancelCoordinator:
                 cancel.actions.append(
                     {"action": what, "command": command.record.id, "at": model.now()}
                 )
+        running = []
         for task in self.registry.job_tasks(job.id):
             if task.status is TaskStatus.SUBMITTING:
                 self.registry.set_task_status(
                     task, TaskStatus.LOST, message="verb outcome unknown; reaped if it exists"
                 )
             elif task.status is TaskStatus.POLLING and not task.stop_sent and task.vdsm_id:
-                vdsm_id, host = task.vdsm_id, task.host
-                await self._retrying(give_up, lambda t=task: self._on_spm(t, "stop_task"))
-                # keep the status it has now: a poll may have seen it end while the stop was sent
-                self.registry.set_task_status(task, task.status, stop_sent=True)
-                cancel.actions.append(
-                    {"action": "stopped", "task": vdsm_id, "host": host, "at": model.now()}
-                )
-                self.hosts.watch(task.pool)
+                running.append(task)
+        await _all(self._stop_task(cancel, task, give_up) for task in running)
         await self.registry.touch_job(job)
         await self._wait_tasks(job, give_up)
         if any(task_succeeded(t) and not t.revert_sent for t in self.registry.job_tasks(job.id)):
             cancel.late = True  # some work completed before the stop arrived
+
+    async def _stop_task(self, cancel: CancelRecord, task: model.Task, give_up: float) -> None:
+        vdsm_id, host = task.vdsm_id, task.host
+        await self._retrying(give_up, lambda: self._on_spm(task, "stop_task"))
+        # keep the status it has now: a poll may have seen it end while the stop was sent
+        self.registry.set_task_status(task, task.status, stop_sent=True)
+        cancel.actions.append(
+            {"action": "stopped", "task": vdsm_id, "host": host, "at": model.now()}
+        )
+        self.hosts.watch(task.pool)
 
     async def _on_spm(self, task: model.Task, verb: str) -> None:
         """Task.stop/revert/clear of an SPM task, sent to the pool's SPM as it is now: the task
@@ -383,16 +389,22 @@ class CancelCoordinator:
         cancel = job.cancel
         assert cancel is not None
         self._clearing.add(job.id)  # from here an escalation to revert is refused
-        for task in self.registry.job_tasks(job.id):
-            if task.status in (TaskStatus.ENDED, TaskStatus.CLEARING) and task.vdsm_id:
-                if task.status is TaskStatus.ENDED:
-                    self.registry.set_task_status(task, TaskStatus.CLEARING)
-                vdsm_id, host = task.vdsm_id, task.host
-                await self._retrying(give_up, lambda t=task: self._on_spm(t, "clear_task"))
-                self.registry.set_task_status(task, TaskStatus.CLEARED)
-                cancel.actions.append(
-                    {"action": "cleared", "task": vdsm_id, "host": host, "at": model.now()}
-                )
+        ended = [
+            t
+            for t in self.registry.job_tasks(job.id)
+            if t.status in (TaskStatus.ENDED, TaskStatus.CLEARING) and t.vdsm_id
+        ]
+        await _all(self._clear_task(cancel, task, give_up) for task in ended)
+
+    async def _clear_task(self, cancel: CancelRecord, task: model.Task, give_up: float) -> None:
+        if task.status is TaskStatus.ENDED:
+            self.registry.set_task_status(task, TaskStatus.CLEARING)
+        vdsm_id, host = task.vdsm_id, task.host
+        await self._retrying(give_up, lambda: self._on_spm(task, "clear_task"))
+        self.registry.set_task_status(task, TaskStatus.CLEARED)
+        cancel.actions.append(
+            {"action": "cleared", "task": vdsm_id, "host": host, "at": model.now()}
+        )
 
     async def _wait_tasks(self, job: Job, give_up: float) -> None:
         while any(t.status is TaskStatus.POLLING for t in self.registry.job_tasks(job.id)):
@@ -452,6 +464,16 @@ class CancelCoordinator:
                 job, status, error=error or f"cancelled ({cancel.mode.value}): {cancel.reason}"
             )
         log.info("job %s [%s]: cancel ended %s (%s)", job.id, job.correlation_id, status, outcome)
+
+
+async def _all(calls: Iterable[Awaitable[None]]) -> None:
+    """Send one verb per task at once: a job's tasks cost one round trip, not one each. Every
+    call ends (and records what it did) before the first failure is raised, so no verb is left
+    in flight behind the error."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 # unreachable (client side), VDSM starting, not SPM (moved): retried until the cancel deadline

@@ -100,6 +100,7 @@ class PhaseResult:
     vdsm_p50_s: float = float("nan")
     vdsm_p99_s: float = float("nan")
     daemon_cpu_s: float = 0.0  # CPU seconds of this process from the clock's start to the end
+    sim_cpu_s: float = 0.0  # CPU seconds of the simulator (VDSM's side) over the same span
     sim_tasks_left: int = 0
     volumes_left: int = 0  # revert: volumes beyond those the pools started with
     errors: list[str] = field(default_factory=list)
@@ -216,7 +217,7 @@ async def run_phase(
             ramp = t_running - t_submit
             # the oldest task started right after t_submit: this is the least time any has left
             remaining = task_seconds - ramp
-            cpu0 = cpu_seconds()
+            cpu0, sim_cpu0 = cpu_seconds(), cpu_seconds(sim.pid)
             requested: dict[str, float] = {}
             acked: dict[str, float] = {}
             expect = JobStatus.FINISHED
@@ -238,7 +239,7 @@ async def run_phase(
                 lambda: all(j.status in model.JOB_TERMINAL for j in batch),
                 END_TIMEOUT if name != "baseline" else END_TIMEOUT + task_seconds,
             )
-            cpu = cpu_seconds() - cpu0
+            cpu, sim_cpu = cpu_seconds() - cpu0, cpu_seconds(sim.pid) - sim_cpu0
             latencies: list[float] = []
             vdsm_ids: dict[str, tuple[list[str | None], float]] = {}
             stopped_at: dict[str, float] = {}
@@ -313,6 +314,7 @@ async def run_phase(
         vdsm_p50_s=round(percentile(aborted, 0.50), 3),
         vdsm_p99_s=round(percentile(aborted, 0.99), 3),
         daemon_cpu_s=round(cpu, 2),
+        sim_cpu_s=round(sim_cpu, 2),
         sim_tasks_left=left,
         volumes_left=volumes_left,
         errors=errors[:5],
@@ -379,15 +381,17 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{'phase':<10}{'jobs':>6}{'ok':>6}{'wrong':>6}{'ramp s':>8}{'left s':>8}"
         f"{'p50 s':>9}{'p90 s':>9}{'p99 s':>9}{'max s':>9}{'ack p50/p99 s':>16}"
         f"{'stops p50/p99':>16}{'VDSM p50/p99':>16}{'after VDSM p50/p99':>20}{'CPU s':>7}"
-        f"{'sim tasks':>10}{'vols':>5}"
+        f"{'sim CPU':>8}{'sim tasks':>10}{'vols':>5}"
     )
     for r in results:
         print(
             f"{r.name:<10}{r.jobs:>6}{r.ended_ok:>6}{r.wrong:>6}{r.ramp_s:>8.1f}"
             f"{r.remaining_s:>8.1f}{r.p50_s:>9.3f}{r.p90_s:>9.3f}{r.p99_s:>9.3f}{r.max_s:>9.3f}"
             f"{r.ack_p50_s:>9.3f}/{r.ack_p99_s:<6.3f}"
-            f"{r.stopped_p50_s:>9.3f}/{r.stopped_p99_s:<6.3f}{r.vdsm_p50_s:>9.3f}/{r.vdsm_p99_s:<6.3f}"
-            f"{r.after_vdsm_p50_s:>13.3f}/{r.after_vdsm_p99_s:<6.3f}{r.daemon_cpu_s:>7.1f}"
+            f"{r.stopped_p50_s:>9.3f}/{r.stopped_p99_s:<6.3f}"
+            f"{r.vdsm_p50_s:>9.3f}/{r.vdsm_p99_s:<6.3f}"
+            f"{r.after_vdsm_p50_s:>13.3f}/{r.after_vdsm_p99_s:<6.3f}"
+            f"{r.daemon_cpu_s:>7.1f}{r.sim_cpu_s:>8.1f}"
             f"{r.sim_tasks_left:>10}{r.volumes_left:>5}"
         )
         for e in r.errors:

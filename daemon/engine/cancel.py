@@ -325,7 +325,8 @@ class CancelCoordinator:
     async def _on_spm(self, task: model.Task, verb: str) -> None:
         """Task.stop/revert/clear of an SPM task, sent to the pool's SPM as it is now: the task
         lives with the pool, and a new SPM recovers it from storage (the SPM may have moved since
-        the task started). A task the SPM does not know is gone for stop and clear.
+        the task started). A task the SPM does not know is gone for stop and clear, once the
+        host confirms it is still the SPM (else the verb is retried on the new one).
 
         A verb may reach VDSM twice: the daemon can die after sending it and before its record
         committed, and the restarted cancel sends it again. VDSM refuses the repeat, and the
@@ -340,7 +341,13 @@ class CancelCoordinator:
         except NotSpm:
             self.hosts.forget_spm(task.pool)  # moved again: rediscovered on the next attempt
             raise
-        except UnknownTask:
+        except UnknownTask as e:
+            # The SPM holds the pool's tasks: a host that lost the role (while this verb was on
+            # its way) knows none of them, though they live on with the pool for the next SPM.
+            status, _, _ = await vdsm.spm_status(task.pool)
+            if status != "SPM":
+                self.hosts.forget_spm(task.pool)
+                raise NotSpm(654, f"{spm} is {status} now: {e.message}", e.method, spm) from e
             if verb == "revert_task":
                 raise
         except TaskAborted:

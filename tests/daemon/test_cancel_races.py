@@ -509,6 +509,36 @@ async def test_spm_moves_during_cancel(tmp_path: Path, mode: CancelMode) -> None
         assert volume not in s.volumes()  # the interrupted task was rolled back by the new SPM
 
 
+async def test_spm_moves_between_the_task_end_and_its_clear(tmp_path: Path) -> None:
+    """The stopped task ended on the old SPM; the role moves before Task.clear goes out, so the
+    clear reaches a host that no longer knows the pool's tasks (401). That is not "already
+    cleared": the new SPM recovered the task from storage, and the clear is retried there."""
+    async with running_stack(tmp_path, state_dir=tmp_path / "sim") as s:
+        s.daemon.cancels.retry = 0.01
+        old = spm_host(s)
+        other = next(h for h in s.sim.cluster.hosts if h != old)
+        spm = s.sim.cluster.hosts[old]
+        spm.gate.hold()
+        job = await s.submit("CreateDisk", disk(s))
+        await until(s, job.id, polling(s, job))
+        coordinator = s.daemon.cancels
+        clear = coordinator._clear
+
+        async def move_then_clear(job: Job, give_up: float) -> None:
+            pool = s.sim.cluster.storage.pools[s.pool]
+            await s.sim.cluster.elect_spm(pool, other)  # the daemon still thinks `old` is SPM
+            await clear(job, give_up)
+
+        coordinator._clear = move_then_clear  # type: ignore[method-assign]
+        await cancel(s, job, STOP)
+        await until(
+            s, job.id, lambda: all(t.stop_sent for t in s.daemon.registry.job_tasks(job.id))
+        )
+        spm.gate.open()
+        await ended(s, job, JobStatus.ABORTED, "stopped")
+        all_clear(s)
+
+
 async def test_force_with_the_host_down_then_the_reaper(tmp_path: Path) -> None:
     async with running_stack(tmp_path, hosts=1) as s:
         spm = s.sim.cluster.hosts[spm_host(s)]

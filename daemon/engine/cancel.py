@@ -17,6 +17,7 @@ Order of a cancel (DESIGN.md "Cancellation", rules 1-6):
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -78,7 +79,11 @@ class CancelCoordinator:
         self.deadline = deadline  # seconds a cancel may wait for unreachable hosts
         self.retry = retry
         self._runners: dict[str, asyncio.Task[None]] = {}
-        self._cleanups: dict[str, asyncio.Future[None]] = {}  # shielded, so tracked apart
+        self._cleanups: dict[str, asyncio.Task[None]] = {}  # not the runner's: tracked apart
+        # set when a force escalates a cancel whose runner is under way
+        self._forced: collections.defaultdict[str, asyncio.Event] = collections.defaultdict(
+            asyncio.Event
+        )
         self._clearing: set[str] = set()  # jobs past their last chance to revert
 
     # -- requests ----------------------------------------------------------------------------
@@ -167,13 +172,21 @@ class CancelCoordinator:
         return outcomes
 
     def _launch(self, job: Job) -> None:
+        """One runner per job. A force arriving while the runner waits on a host does not start
+        a second runner: it wakes this one, which drops the slow path and ends the job."""
         runner = self._runners.get(job.id)
         if runner is not None and not runner.done():
             if job.cancel is not None and job.cancel.force:
-                runner.cancel()  # force does not wait for the slow path
-            else:
-                return
-        self._runners[job.id] = asyncio.create_task(self._carry_out(job), name=f"cancel-{job.id}")
+                self._forced[job.id].set()
+            return
+        runner = asyncio.create_task(self._carry_out(job), name=f"cancel-{job.id}")
+        self._runners[job.id] = runner
+        runner.add_done_callback(lambda _: self._forget_runner(job.id, runner))
+
+    def _forget_runner(self, job_id: str, runner: asyncio.Task[None]) -> None:
+        if self._runners.get(job_id) is runner:
+            del self._runners[job_id]
+            self._forced.pop(job_id, None)
 
     async def recover(self) -> list[str]:
         """Restart: carry every committed cancel to its end (nothing is re-decided)."""
@@ -206,33 +219,55 @@ class CancelCoordinator:
     # -- carrying a cancel out -------------------------------------------------------------------
 
     async def _carry_out(self, job: Job) -> None:
+        """Cancel the job's coroutine, then run the cleanup as a task of its own.
+
+        Neither wait takes the cancellation of what it waits for: `asyncio.wait` returns when
+        the awaited task is done however it ended, and leaves it running if this runner is
+        cancelled instead (shutdown), so the runner's own cancellation always propagates
+        (prior-art §5: never swallow it). The cleanup is tracked apart so shutdown stops it
+        too; it resumes from the committed state after the next start."""
         cancel = job.cancel
         assert cancel is not None
-        running = self.executor.running_task(job.id)
         if job.id in self.executor.committing:
             cancel.outcome, cancel.late = "too_late", True
             cancel.actions.append({"action": "too_late", "phase": "end", "at": model.now()})
             await self.registry.touch_job(job)
             return  # the job completes on its own and ends FINISHED or FAILED
+        running = self.executor.running_task(job.id)
         if running is not None and not running.done():
             running.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await running
+            await asyncio.wait({running})
         for pool in {t.pool for t in self.registry.job_tasks(job.id)}:
             self.hosts.boost(pool)
-        cleanup = asyncio.ensure_future(self._cleanup(job))
+        completed = await self._run_cleanup(job, interruptible=not cancel.force)
+        if not completed and job.status is JobStatus.CANCELLING:
+            # forced while the cleanup waited on a host: one attempt at what is left, then the
+            # job ends ABORTED and the reaper takes the tasks still on hosts
+            await self._run_cleanup(job, interruptible=False)
+
+    async def _run_cleanup(self, job: Job, *, interruptible: bool) -> bool:
+        """Run the cleanup to its end (True), or, if `interruptible`, until a force escalation
+        (False): the slow cleanup is then cancelled and has unwound before this returns."""
+        cleanup = asyncio.create_task(self._cleanup(job), name=f"cancel-cleanup-{job.id}")
         self._cleanups[job.id] = cleanup
-        cleanup.add_done_callback(lambda _: self._cleanups.pop(job.id, None))
+        waits: set[asyncio.Task[Any]] = {cleanup}
+        if interruptible:
+            waits.add(asyncio.create_task(self._forced[job.id].wait()))
         try:
-            await asyncio.shield(cleanup)  # cleanup that awaits is shielded (prior-art §5)
-        except asyncio.CancelledError:
-            if cancel.force and not cleanup.done():
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if not cleanup.done():
                 cleanup.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await cleanup
-                await self._finish(job, JobStatus.ABORTED, "forced", orphan=True)
-                return
-            raise
+                await asyncio.wait({cleanup})
+            if cleanup.cancelled():
+                return False
+            if (error := cleanup.exception()) is not None:  # _cleanup ends the job on errors
+                log.error("job %s: cancel cleanup failed: %r", job.id, error, exc_info=error)
+            return True
+        finally:
+            for waiting in waits - {cleanup}:
+                waiting.cancel()
+            if self._cleanups.get(job.id) is cleanup:
+                del self._cleanups[job.id]
 
     async def _cleanup(self, job: Job) -> None:
         cancel = job.cancel

@@ -584,6 +584,7 @@ async def test_force_escalates_a_cancel_stuck_on_a_down_host(tmp_path: Path) -> 
         spm.faults.settings.update({"down": True})
         await cancel(s, job, STOP)
         await until_sim(lambda: stops.count >= 2)
+        runner = s.daemon.cancels._runners[job.id]
         decision = await cancel(s, job, force=True, privileged=True)
         assert decision.reason == "escalated"
         job = await s.wait_job(job)
@@ -591,6 +592,10 @@ async def test_force_escalates_a_cancel_stuck_on_a_down_host(tmp_path: Path) -> 
         assert job.cancel.outcome == "forced"
         assert [t.status for t in s.daemon.registry.job_tasks(job.id)] == [TaskStatus.ORPHAN]
         assert s.daemon.registry.job_locks(job.id) == []
+        # one runner carried the escalation to the end; nothing of it is left behind
+        await asyncio.wait({runner}, timeout=10)
+        assert runner.done() and not runner.cancelled()
+        assert s.daemon.cancels._runners == {} and s.daemon.cancels._cleanups == {}
         spm.faults.clear()
         spm.gate.open()
 

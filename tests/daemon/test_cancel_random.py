@@ -258,8 +258,6 @@ def check(s: Stack, seed: int, planned: list[Planned]) -> None:
             assert p.volumes <= volumes, where  # accepted only before anything was sent
 
 
-
-
 async def run_batch(tmp_path: Path, seeds: range) -> None:
     async with running_stack(tmp_path) as s:
         s.daemon.cancels.retry = 0.02

@@ -30,11 +30,10 @@ import aiohttp
 import pytest
 
 from tests.daemon.stack import start_sim
-from tests.daemon.test_crash import TERMINAL, DaemonProc, write_config
+from tests.daemon.test_crash import TERMINAL, DaemonProc, start_daemon, write_config
 from tests.sim.conftest import wait_until
 from vdsm_simulator.app import Simulator
 
-ROOT = Path(__file__).resolve().parents[2]
 MAX_STEPS = 40  # a guard: every scenario here completes in fewer steps
 
 pytestmark = pytest.mark.timeout(600)
@@ -159,33 +158,10 @@ SCENARIOS = [
 
 
 async def _start(tmp_path: Path, config: Path, run: str, kill_after: int | None) -> DaemonProc:
-    socket = tmp_path / "api.sock"
-    log = tmp_path / f"taskmgrd.{run}.log"
-    prefix = ["tests.daemon.crash_at_step", str(kill_after)] if kill_after else ["daemon.service"]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        *prefix,
-        "run",
-        "--config",
-        str(config),
-        "--socket",
-        str(socket),
-        "--db",
-        str(tmp_path / "taskmgrd.db"),
-        cwd=ROOT,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=log.open("wb"),
-    )
-    daemon = DaemonProc(proc, socket, log)
-    async with asyncio.timeout(20):
-        while True:
-            assert proc.returncode is None, f"taskmgrd exited: {log.read_text()}"
-            with contextlib.suppress(aiohttp.ClientError, OSError):
-                status, _ = await daemon.request("GET", "/health")
-                if status == 200:
-                    return daemon
-            await asyncio.sleep(0.05)  # polling a condition (the socket answering), deadline above
+    if kill_after is None:
+        return await start_daemon(tmp_path, config, run)
+    module = ("tests.daemon.crash_at_step", str(kill_after))
+    return await start_daemon(tmp_path, config, run, module=module)
 
 
 @contextlib.asynccontextmanager

@@ -490,14 +490,20 @@ async def test_migration_source_down_during_cancel_then_back(tmp_path: Path) -> 
         assert s.sim.cluster.fleet.vms_on("host2") == []
 
 
+def held_spm_and_another(s: Stack) -> tuple[Any, str]:
+    """For the SPM-move races: fast cancel retries, the SPM's jobs held at the gate, and the
+    host the role moves to."""
+    s.daemon.cancels.retry = 0.01
+    old = spm_host(s)
+    spm = s.sim.cluster.hosts[old]
+    spm.gate.hold()
+    return spm, next(h for h in s.sim.cluster.hosts if h != old)
+
+
 @pytest.mark.parametrize("mode", [STOP, REVERT])
 async def test_spm_moves_during_cancel(tmp_path: Path, mode: CancelMode) -> None:
     async with running_stack(tmp_path, state_dir=tmp_path / "sim") as s:
-        s.daemon.cancels.retry = 0.01
-        old = spm_host(s)
-        other = next(h for h in s.sim.cluster.hosts if h != old)
-        spm = s.sim.cluster.hosts[old]
-        spm.gate.hold()
+        _, other = held_spm_and_another(s)
         volume = str(uuid.uuid4())
         job = await s.submit("CreateDisk", disk(s, volume=volume))
         await until(s, job.id, polling(s, job))
@@ -514,11 +520,7 @@ async def test_spm_moves_between_the_task_end_and_its_clear(tmp_path: Path) -> N
     clear reaches a host that no longer knows the pool's tasks (401). That is not "already
     cleared": the new SPM recovered the task from storage, and the clear is retried there."""
     async with running_stack(tmp_path, state_dir=tmp_path / "sim") as s:
-        s.daemon.cancels.retry = 0.01
-        old = spm_host(s)
-        other = next(h for h in s.sim.cluster.hosts if h != old)
-        spm = s.sim.cluster.hosts[old]
-        spm.gate.hold()
+        spm, other = held_spm_and_another(s)
         job = await s.submit("CreateDisk", disk(s))
         await until(s, job.id, polling(s, job))
         coordinator = s.daemon.cancels

@@ -1,4 +1,4 @@
-"""The cancel coordinator: a committed intent, then coroutine cancellation, then shielded cleanup.
+"""The cancel coordinator: a committed intent, then coroutine cancellation, then the cleanup.
 
 Order of a cancel (DESIGN.md "Cancellation", rules 1-6):
 1. `decide` (cancel_rules.py) accepts or refuses; an accepted intent is written and committed
@@ -6,11 +6,13 @@ Order of a cancel (DESIGN.md "Cancellation", rules 1-6):
 2. If the job's root command already entered its end phase (the commit), the cancel came too
    late: the job completes and its record says so. Otherwise the job's asyncio Task is cancelled;
    a task-creating verb in flight still has its task id recorded (command.py).
-3. The cleanup runs shielded, as its own Task, persisting each step: command-specific cancel verbs
-   (VM.migrateCancel), Task.stop for running tasks, then under revert Task.revert newest first and
-   each completed command's compensation, then Task.clear for everything. A host that does not
-   answer is retried with backoff until the cancel deadline (job FAILED, tasks orphaned); `force`
-   ends the job at once and orphans what is left for the reaper.
+3. The cleanup runs as its own Task, which the job's one runner waits on without cancelling it
+   (`asyncio.wait`), persisting each step: command-specific cancel verbs (VM.migrateCancel),
+   Task.stop for running tasks (all of a job's at once), then under revert Task.revert newest
+   first and each completed command's compensation, then Task.clear for everything (at once). A
+   host that does not answer is retried with backoff until the cancel deadline (job FAILED, tasks
+   orphaned); `force` ends the job at once and orphans what is left for the reaper, and a force
+   escalation interrupts a cleanup that is waiting on a host.
 4. On restart, CANCELLING jobs are picked up again here and carried to the end.
 """
 

@@ -44,6 +44,7 @@ import math
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,13 +123,13 @@ async def volume_count(port: int, pools: list[str]) -> int:
     return sum(len(c) for c in counts)
 
 
-async def wait_until(daemon: Daemon, done: Any, seconds: float) -> bool:
+async def wait_until(daemon: Daemon, done: Callable[[], bool], seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if done():
             return True
         await asyncio.sleep(0.05)
-    return done()
+    return bool(done())
 
 
 async def run_phase(
@@ -241,7 +242,7 @@ async def run_phase(
             )
             cpu, sim_cpu = cpu_seconds() - cpu0, cpu_seconds(sim.pid) - sim_cpu0
             latencies: list[float] = []
-            vdsm_ids: dict[str, tuple[list[str | None], float]] = {}
+            vdsm_ids: dict[str, tuple[list[str], float]] = {}
             stopped_at: dict[str, float] = {}
             wrong = 0
             for job in batch:
@@ -262,7 +263,7 @@ async def run_phase(
                     continue
                 start = requested.get(job.id, t_running)
                 latencies.append(job.ended_at - start)
-                vdsm_ids[job.id] = ([t.vdsm_id for t in tasks if t.vdsm_id], job.ended_at)
+                vdsm_ids[job.id] = ([v for t in tasks if (v := t.vdsm_id)], job.ended_at)
                 stops = [
                     a["at"]
                     for a in (job.cancel.actions if job.cancel else [])

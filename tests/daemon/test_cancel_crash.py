@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import sqlite3
 import sys
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from tests.daemon.stack import start_sim
 from tests.daemon.test_crash import TERMINAL, DaemonProc, start_daemon, write_config
 from tests.sim.conftest import wait_until
 from vdsm_simulator.app import Simulator
+from vdsm_simulator.storage import Volume
 
 MAX_STEPS = 40  # a guard: every scenario here completes in fewer steps
 
@@ -43,7 +45,7 @@ pytestmark = pytest.mark.timeout(600)
 class Scenario:
     name: str
     mode: str
-    job: Callable[[str, list[str]], dict[str, Any]]  # (pool, domains) -> POST /jobs body
+    job: Callable[[Simulator, str, list[str]], dict[str, Any]]  # (sim, pool, domains) -> body
     # before the cancel: let the job reach the state to cancel (gate releases); returns when there
     prepare: Callable[[Simulator, DaemonProc, str], Awaitable[None]]
     outcome: str
@@ -73,6 +75,11 @@ def _held(sim: Simulator) -> list[str]:
     return [t for h in sim.cluster.hosts.values() for t in h.gate.held()]
 
 
+def release(sim: Simulator, task_id: str) -> None:
+    for host in sim.cluster.hosts.values():
+        host.gate.release(task_id)
+
+
 def _sim_running(sim: Simulator) -> int:
     return sum(
         t["state"] == "running" for h in sim.cluster.hosts.values() for t in h.tasks.raw_table()
@@ -88,6 +95,25 @@ async def _both_running(sim: Simulator, daemon: DaemonProc, job_id: str) -> None
     )
 
 
+def _copy_job(sim: Simulator, pool: str, domains: list[str]) -> dict[str, Any]:
+    """CopyDisk of an image made in the simulator's storage (LEGAL, as a finished creation)."""
+    image = str(uuid.uuid4())
+    sim.cluster.storage.add_volume(
+        Volume(str(uuid.uuid4()), image, domains[0], pool, 1 << 20, legality="LEGAL")
+    )
+    params = {"pool": pool, "domain": domains[0], "image": image, "dst_domain": domains[1]}
+    return {"action": "CopyDisk", "params": params}
+
+
+async def _copy_held(sim: Simulator, daemon: DaemonProc, job_id: str) -> None:
+    """The copy's work is done and held at the gate: the stop finds image.move committing, so
+    VDSM keeps the copy (cleanSuccess, 411) and the revert deletes it with Image.delete."""
+    await wait_until(lambda: len(_held(sim)) == 1, 20, 0.01)
+    await _until_view(
+        daemon, job_id, lambda v: [t["status"] for t in v["tasks"] if t["vdsm_id"]] == ["POLLING"]
+    )
+
+
 async def _both_held(sim: Simulator, daemon: DaemonProc, job_id: str) -> None:
     await wait_until(lambda: len(_held(sim)) == 2, 20, 0.01)
     await _both_running(sim, daemon, job_id)
@@ -95,9 +121,7 @@ async def _both_held(sim: Simulator, daemon: DaemonProc, job_id: str) -> None:
 
 async def _one_finished(sim: Simulator, daemon: DaemonProc, job_id: str) -> None:
     await _both_held(sim, daemon, job_id)
-    first = sorted(_held(sim))[0]
-    for host in sim.cluster.hosts.values():
-        host.gate.release(first)
+    release(sim, sorted(_held(sim))[0])
     await _until_view(
         daemon,
         job_id,
@@ -109,7 +133,7 @@ SCENARIOS = [
     Scenario(
         "stop two SPARSE disk creations (not abortable: the stop waits for the gate)",
         "stop",
-        lambda pool, domains: {
+        lambda _, pool, domains: {
             "action": "CreateVm",
             "params": {
                 "name": "crashsparse",
@@ -125,7 +149,7 @@ SCENARIOS = [
     Scenario(
         "stop two running disk creations",
         "stop",
-        lambda pool, domains: {
+        lambda _, pool, domains: {
             "action": "CreateVm",
             "params": {
                 "name": "crashstop",
@@ -141,7 +165,7 @@ SCENARIOS = [
     Scenario(
         "revert: one disk created, one running",
         "revert",
-        lambda pool, domains: {
+        lambda _, pool, domains: {
             "action": "CreateVm",
             "params": {
                 "name": "crashrevert",
@@ -150,6 +174,15 @@ SCENARIOS = [
             },
         },
         _one_finished,
+        "reverted",
+        {},
+        True,
+    ),
+    Scenario(
+        "revert a copy committed as the stop came: compensation deletes it (a task of its own)",
+        "revert",
+        _copy_job,
+        _copy_held,
         "reverted",
         {},
         True,
@@ -205,11 +238,11 @@ async def crash_at(tmp_path: Path, scenario: Scenario, step: int) -> bool:
             if scenario.gated:
                 host.gate.hold()
         pool = next(iter(sim.cluster.storage.pools.values()))
-        domains = list(pool.domains)
+        body = scenario.job(sim, pool.uuid, list(pool.domains))
         volumes_before = {v for d in pool.domains.values() for v in d.volumes}
         config = write_config(tmp_path, pool.uuid, sim.host_ports)
         async with _running(await _start(tmp_path, config, f"{step}.0", step)) as daemon:
-            status, view = await daemon.request("POST", "/jobs", scenario.job(pool.uuid, domains))
+            status, view = await daemon.request("POST", "/jobs", body)
             assert status == 201, view
             job_id = view["id"]
             await scenario.prepare(sim, daemon, job_id)
@@ -221,8 +254,12 @@ async def crash_at(tmp_path: Path, scenario: Scenario, step: int) -> bool:
             except aiohttp.ClientError:
                 await daemon.proc.wait()  # killed once the intent committed: 202 never left
             view = await _drive(daemon, sim, job_id)
-            killed = daemon.proc.returncode is not None
+            # the job may show its end before the commit holding step N lands: once the hook
+            # has counted step N, the kill is on its way
+            killed = f"cancel step {step}:" in daemon.log.read_text()
             if killed:
+                async with asyncio.timeout(20):
+                    await daemon.proc.wait()
                 assert daemon.proc.returncode == -9, daemon.log.read_text()[-3000:]
         # restarted whether killed or not: a completed cancel must also survive a restart
         async with _running(await _start(tmp_path, config, f"{step}.1", None)) as daemon:
@@ -252,7 +289,9 @@ async def crash_at(tmp_path: Path, scenario: Scenario, step: int) -> bool:
     return killed
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS, ids=["stop-sparse", "stop-prealloc", "revert"])
+@pytest.mark.parametrize(
+    "scenario", SCENARIOS, ids=["stop-sparse", "stop-prealloc", "revert", "revert-copy"]
+)
 async def test_sigkill_after_each_persisted_cancel_step(tmp_path: Path, scenario: Scenario) -> None:
     steps = 0
     for step in range(1, MAX_STEPS + 1):

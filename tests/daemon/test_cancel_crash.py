@@ -95,6 +95,16 @@ async def _both_running(sim: Simulator, daemon: DaemonProc, job_id: str) -> None
     )
 
 
+def _vm_job(name: str, preallocate: str) -> Callable[[Simulator, str, list[str]], dict[str, Any]]:
+    """CreateVm of two disks in the pool's first domain."""
+
+    def job(_: Simulator, pool: str, domains: list[str]) -> dict[str, Any]:
+        disks = [_disk(pool, domains[0], preallocate) for _ in range(2)]
+        return {"action": "CreateVm", "params": {"name": name, "host": "host2", "disks": disks}}
+
+    return job
+
+
 def _copy_job(sim: Simulator, pool: str, domains: list[str]) -> dict[str, Any]:
     """CopyDisk of an image made in the simulator's storage (LEGAL, as a finished creation)."""
     image = str(uuid.uuid4())
@@ -133,14 +143,7 @@ SCENARIOS = [
     Scenario(
         "stop two SPARSE disk creations (not abortable: the stop waits for the gate)",
         "stop",
-        lambda _, pool, domains: {
-            "action": "CreateVm",
-            "params": {
-                "name": "crashsparse",
-                "host": "host2",
-                "disks": [_disk(pool, domains[0], "SPARSE") for _ in range(2)],
-            },
-        },
+        _vm_job("crashsparse", "SPARSE"),
         _both_held,
         "stopped",
         {},
@@ -149,14 +152,7 @@ SCENARIOS = [
     Scenario(
         "stop two running disk creations",
         "stop",
-        lambda _, pool, domains: {
-            "action": "CreateVm",
-            "params": {
-                "name": "crashstop",
-                "host": "host2",
-                "disks": [_disk(pool, domains[0]) for _ in range(2)],
-            },
-        },
+        _vm_job("crashstop", "PREALLOCATED"),
         _both_running,
         "stopped",
         {"time_scale": 1.0, "task_seconds": 3600.0},
@@ -165,14 +161,7 @@ SCENARIOS = [
     Scenario(
         "revert: one disk created, one running",
         "revert",
-        lambda _, pool, domains: {
-            "action": "CreateVm",
-            "params": {
-                "name": "crashrevert",
-                "host": "host2",
-                "disks": [_disk(pool, domains[0]) for _ in range(2)],
-            },
-        },
+        _vm_job("crashrevert", "PREALLOCATED"),
         _one_finished,
         "reverted",
         {},

@@ -10,7 +10,10 @@ Set-up, per phase (stop, revert, baseline; each on a fresh simulator and databas
 2. A ``Daemon`` (daemon.service) in this process on a temp SQLite (synchronous=FULL, the
    default), the P hosts from its config, default polling.
 3. N ``CreateVm`` jobs, round-robin over the pools, each with three disks in its pool and its VM
-   on the pool's SPM host: three ``CreateDisk`` children, three ``Volume.create`` tasks. They are
+   on the pool's SPM host: three ``CreateDisk`` children, three ``Volume.create`` tasks, by
+   default PREALLOCATED (``--preallocate``): VDSM allocates those through an abortable
+   operation, so Task.stop interrupts them; a SPARSE create cannot be interrupted and a stop
+   waits for its work to end (``--preallocate SPARSE`` measures that). They are
    submitted as one batch (``executor.submit_batch``); the phase waits until all 3N tasks are
    POLLING in the daemon (and checks that none has finished yet: T is long).
 4. stop / revert: every job is cancelled at once (``Daemon.cancels.cancel(job_id, mode=...)``,
@@ -28,6 +31,7 @@ non-zero only with ``--check`` (or when a correctness check fails).
 
     python bench/cancel_latency.py            # 50 pools, 1,000 jobs x 3 tasks of 60 s
     python bench/cancel_latency.py --quick    # 10 pools, 100 jobs x 3 tasks of 5 s
+    python bench/cancel_latency.py --preallocate SPARSE   # tasks VDSM cannot abort
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import math
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +68,9 @@ TARGET_P99_S = 1.0
 TASKS_PER_JOB = 3
 RAMP_TIMEOUT = 300.0
 END_TIMEOUT = 300.0
+# the simulator's createVolume takes its --task-seconds x this (preallocating writes the whole
+# volume); the simulator is given task_seconds / factor so every task lasts task_seconds
+ALLOCATION_FACTOR = {"SPARSE": 1.0, "PREALLOCATED": 2.0}
 
 
 @dataclass
@@ -71,6 +79,7 @@ class PhaseResult:
     jobs: int
     pools: int
     task_seconds: float
+    preallocate: str  # the disks' allocation: PREALLOCATED (abortable) or SPARSE
     ramp_s: float  # submit -> all tasks POLLING
     remaining_s: float  # task duration left when the phase's clock started
     ended_ok: int
@@ -85,7 +94,14 @@ class PhaseResult:
     # (simulator hook, sim_finish_times.py): the poll that sees it, Task.clear, the commits
     after_vdsm_p50_s: float = float("nan")
     after_vdsm_p99_s: float = float("nan")
+    # cancel request -> the job's last Task.stop answered (its "stopped" action in the record)
+    stopped_p50_s: float = float("nan")
+    stopped_p99_s: float = float("nan")
+    # the job's last Task.stop answered -> VDSM had ended its last task (the abort and rollback)
+    vdsm_p50_s: float = float("nan")
+    vdsm_p99_s: float = float("nan")
     daemon_cpu_s: float = 0.0  # CPU seconds of this process from the clock's start to the end
+    sim_cpu_s: float = 0.0  # CPU seconds of the simulator (VDSM's side) over the same span
     sim_tasks_left: int = 0
     volumes_left: int = 0  # revert: volumes beyond those the pools started with
     errors: list[str] = field(default_factory=list)
@@ -107,17 +123,17 @@ async def volume_count(port: int, pools: list[str]) -> int:
     return sum(len(c) for c in counts)
 
 
-async def wait_until(daemon: Daemon, done: Any, seconds: float) -> bool:
+async def wait_until(daemon: Daemon, done: Callable[[], bool], seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if done():
             return True
         await asyncio.sleep(0.05)
-    return done()
+    return bool(done())
 
 
 async def run_phase(
-    name: str, *, pools: int, jobs: int, task_seconds: float, workdir: Path
+    name: str, *, pools: int, jobs: int, task_seconds: float, preallocate: str, workdir: Path
 ) -> PhaseResult:
     per_host = math.ceil(jobs / pools) * TASKS_PER_JOB
     sim = SimProcess(
@@ -129,7 +145,7 @@ async def run_phase(
             "--time-scale",
             "1",
             "--task-seconds",
-            str(task_seconds),
+            str(task_seconds / ALLOCATION_FACTOR[preallocate]),
             "--task-distribution",
             "fixed",
         ],
@@ -159,7 +175,12 @@ async def run_phase(
             entries = []
             for i in range(jobs):
                 pool, domain, spm = targets[i % len(targets)]
-                disk = {"pool": pool, "domain": domain, "size": 1 << 30}
+                disk = {
+                    "pool": pool,
+                    "domain": domain,
+                    "size": 1 << 30,
+                    "preallocate": preallocate,
+                }
                 entries.append(
                     {
                         "action": "CreateVm",
@@ -197,7 +218,7 @@ async def run_phase(
             ramp = t_running - t_submit
             # the oldest task started right after t_submit: this is the least time any has left
             remaining = task_seconds - ramp
-            cpu0 = cpu_seconds()
+            cpu0, sim_cpu0 = cpu_seconds(), cpu_seconds(sim.pid)
             requested: dict[str, float] = {}
             acked: dict[str, float] = {}
             expect = JobStatus.FINISHED
@@ -219,9 +240,10 @@ async def run_phase(
                 lambda: all(j.status in model.JOB_TERMINAL for j in batch),
                 END_TIMEOUT if name != "baseline" else END_TIMEOUT + task_seconds,
             )
-            cpu = cpu_seconds() - cpu0
+            cpu, sim_cpu = cpu_seconds() - cpu0, cpu_seconds(sim.pid) - sim_cpu0
             latencies: list[float] = []
-            vdsm_ids: dict[str, tuple[list[str | None], float]] = {}
+            vdsm_ids: dict[str, tuple[list[str], float]] = {}
+            stopped_at: dict[str, float] = {}
             wrong = 0
             for job in batch:
                 tasks = reg.job_tasks(job.id)
@@ -241,7 +263,14 @@ async def run_phase(
                     continue
                 start = requested.get(job.id, t_running)
                 latencies.append(job.ended_at - start)
-                vdsm_ids[job.id] = ([t.vdsm_id for t in tasks if t.vdsm_id], job.ended_at)
+                vdsm_ids[job.id] = ([v for t in tasks if (v := t.vdsm_id)], job.ended_at)
+                stops = [
+                    a["at"]
+                    for a in (job.cancel.actions if job.cancel else [])
+                    if a["action"] == "stopped"
+                ]
+                if stops:
+                    stopped_at[job.id] = max(stops)
             ack = [acked[j] - requested[j] for j in acked]
         finally:
             await daemon.stop()
@@ -253,11 +282,14 @@ async def run_phase(
     finally:
         sim.stop()
     finished_at = sim.finish_times()
-    after_vdsm = [
-        ended - max(finished_at[i] for i in ids)
-        for ids, ended in vdsm_ids.values()
+    vdsm_end = {
+        job_id: max(finished_at[i] for i in ids)
+        for job_id, (ids, _) in vdsm_ids.items()
         if ids and all(i in finished_at for i in ids)
-    ]
+    }
+    after_vdsm = [vdsm_ids[job_id][1] - end for job_id, end in vdsm_end.items()]
+    stopped = [at - requested[job_id] for job_id, at in stopped_at.items()]
+    aborted = [end - stopped_at[job_id] for job_id, end in vdsm_end.items() if job_id in stopped_at]
     if len(after_vdsm) != len(vdsm_ids):
         errors.append(f"{len(vdsm_ids) - len(after_vdsm)} jobs without a simulator end time")
     return PhaseResult(
@@ -265,6 +297,7 @@ async def run_phase(
         jobs=jobs,
         pools=pools,
         task_seconds=task_seconds,
+        preallocate=preallocate,
         ramp_s=round(ramp, 2),
         remaining_s=round(remaining, 2),
         ended_ok=len(latencies),
@@ -277,7 +310,12 @@ async def run_phase(
         ack_p99_s=round(percentile(ack, 0.99), 3),
         after_vdsm_p50_s=round(percentile(after_vdsm, 0.50), 3),
         after_vdsm_p99_s=round(percentile(after_vdsm, 0.99), 3),
+        stopped_p50_s=round(percentile(stopped, 0.50), 3),
+        stopped_p99_s=round(percentile(stopped, 0.99), 3),
+        vdsm_p50_s=round(percentile(aborted, 0.50), 3),
+        vdsm_p99_s=round(percentile(aborted, 0.99), 3),
         daemon_cpu_s=round(cpu, 2),
+        sim_cpu_s=round(sim_cpu, 2),
         sim_tasks_left=left,
         volumes_left=volumes_left,
         errors=errors[:5],
@@ -289,6 +327,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pools", type=int, help="pools, one SPM host each (50)")
     p.add_argument("--jobs", type=int, help="CreateVm jobs of three disks each (1000)")
     p.add_argument("--task-seconds", type=float, help="duration of every task, fixed (60)")
+    p.add_argument(
+        "--preallocate",
+        choices=("PREALLOCATED", "SPARSE"),
+        default="PREALLOCATED",
+        help="the disks' allocation (VDSM can abort only PREALLOCATED creation; default)",
+    )
     p.add_argument("--no-baseline", action="store_true", help="skip the finish-on-its-own phase")
     p.add_argument("--quick", action="store_true", help="smoke run: 10 pools, 100 jobs, 5 s tasks")
     p.add_argument("--check", action="store_true", help="exit 1 when the target is missed")
@@ -306,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine()}")
     print(
         f"load: {args.pools} pools (one SPM host each), {args.jobs} CreateVm jobs of "
-        f"{TASKS_PER_JOB} disks = {args.jobs * TASKS_PER_JOB} Volume.create tasks of "
+        f"{TASKS_PER_JOB} {args.preallocate} disks = {args.jobs * TASKS_PER_JOB} Volume.create "
+        "tasks of "
         f"{args.task_seconds:g} s (fixed), all running before the clock starts"
     )
     print(
@@ -328,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
                         pools=args.pools,
                         jobs=args.jobs,
                         task_seconds=args.task_seconds,
+                        preallocate=args.preallocate,
                         workdir=workdir,
                     )
                 )
@@ -335,14 +381,18 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\n{'phase':<10}{'jobs':>6}{'ok':>6}{'wrong':>6}{'ramp s':>8}{'left s':>8}"
         f"{'p50 s':>9}{'p90 s':>9}{'p99 s':>9}{'max s':>9}{'ack p50/p99 s':>16}"
-        f"{'after VDSM p50/p99':>20}{'CPU s':>7}{'sim tasks':>10}{'vols':>5}"
+        f"{'stops p50/p99':>16}{'VDSM p50/p99':>16}{'after VDSM p50/p99':>20}{'CPU s':>7}"
+        f"{'sim CPU':>8}{'sim tasks':>10}{'vols':>5}"
     )
     for r in results:
         print(
             f"{r.name:<10}{r.jobs:>6}{r.ended_ok:>6}{r.wrong:>6}{r.ramp_s:>8.1f}"
             f"{r.remaining_s:>8.1f}{r.p50_s:>9.3f}{r.p90_s:>9.3f}{r.p99_s:>9.3f}{r.max_s:>9.3f}"
             f"{r.ack_p50_s:>9.3f}/{r.ack_p99_s:<6.3f}"
-            f"{r.after_vdsm_p50_s:>13.3f}/{r.after_vdsm_p99_s:<6.3f}{r.daemon_cpu_s:>7.1f}"
+            f"{r.stopped_p50_s:>9.3f}/{r.stopped_p99_s:<6.3f}"
+            f"{r.vdsm_p50_s:>9.3f}/{r.vdsm_p99_s:<6.3f}"
+            f"{r.after_vdsm_p50_s:>13.3f}/{r.after_vdsm_p99_s:<6.3f}"
+            f"{r.daemon_cpu_s:>7.1f}{r.sim_cpu_s:>8.1f}"
             f"{r.sim_tasks_left:>10}{r.volumes_left:>5}"
         )
         for e in r.errors:

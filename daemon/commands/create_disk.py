@@ -1,4 +1,10 @@
-"""CreateDisk: one VDSM task (scenario 2) — Volume.create on the pool's SPM."""
+"""CreateDisk: one VDSM task (scenario 2) — Volume.create on the pool's SPM.
+
+`preallocate` is VDSM's createVolume argument and decides how fast a stop takes effect: a
+PREALLOCATED volume is allocated through an operation VDSM registers as the task's abort
+callback (fallocate on file domains), so Task.stop interrupts it and the volume is rolled back
+at once; a SPARSE volume is a truncate or `qemu-img create` that nobody can interrupt, so a stop
+is accepted but the task ends only when that work is done (then rolled back)."""
 
 from __future__ import annotations
 
@@ -20,10 +26,16 @@ class CreateDisk(CommandBase):
             "image": Param("uuid", required=False, description="image id (generated if absent)"),
             "volume": Param("uuid", required=False, description="volume id (generated if absent)"),
             "description": Param("str", required=False),
+            "preallocate": Param(
+                "allocation",
+                required=False,
+                description="SPARSE (default, COW) or PREALLOCATED (RAW, allocated up front)",
+            ),
         },
         CancelPolicy(
-            notes="stop: VDSM rolls the volume back; revert: also removes a volume already "
-            "created; refused once FINALIZING has begun",
+            notes="stop: VDSM rolls the volume back (at once for PREALLOCATED, whose allocation "
+            "is abortable; a SPARSE create first runs to its end); revert: also removes a "
+            "volume already created; refused once FINALIZING has begun",
         ),
     )
 
@@ -41,13 +53,23 @@ class CreateDisk(CommandBase):
         image, volume = self._ids()
         await self.remember(image=image, volume=volume)
         p = self.params
+        prealloc = p.get("preallocate", "SPARSE")
+        # the engine's pairing: preallocated disks are RAW, thin ones COW
+        fmt = "RAW" if prealloc == "PREALLOCATED" else "COW"
         await self.start_task(
             "createVolume",
             p["pool"],
             StepType.CREATE_VOLUME,
             f"Creating volume {volume}",
             lambda host: host.create_volume(
-                p["pool"], p["domain"], image, volume, p["size"], desc=p.get("description", "")
+                p["pool"],
+                p["domain"],
+                image,
+                volume,
+                p["size"],
+                fmt=fmt,
+                prealloc=prealloc,
+                desc=p.get("description", ""),
             ),
         )
 

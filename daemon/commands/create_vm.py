@@ -25,7 +25,11 @@ class CreateVm(CommandBase):
         {
             "name": Param("name", description="the VM's name"),
             "host": Param("name", description="host to run it on"),
-            "disks": Param("disks", description="disks to create: [{pool, domain, size}]"),
+            "disks": Param(
+                "disks",
+                description="disks to create: [{pool, domain, size, preallocate?}] "
+                "(preallocate: SPARSE, the default, or PREALLOCATED)",
+            ),
         },
         CancelPolicy(
             notes="children not yet started never run; running disk creations are stopped; "
@@ -85,12 +89,19 @@ class CreateVm(CommandBase):
     async def end_action(self) -> dict[str, Any]:
         return {"vm": self.data("vm"), "host": self.params["host"], "disks": self.data("disks")}
 
+    def _vm_create_may_have_been_sent(self) -> bool:
+        """VM.create is sent only after every disk was created and `disks` was committed, so
+        without that record the VM cannot exist (no VM.destroy to send, one less call per job
+        in a cancel burst)."""
+        disks = self.data("disks")
+        return disks is not None and len(disks) == len(self.params["disks"])
+
     async def compensate(self) -> list[str]:
         """Revert: destroy the VM if VM.create reached the host (also when the cancel landed
         while the verb was in flight, so `vm_created` was never remembered); its disks are
         reverted by the coordinator (Task.revert). Idempotent: an absent VM is left alone."""
         vm = self.data("vm")
-        if not vm:
+        if not vm or not self._vm_create_may_have_been_sent():
             return []
         try:
             await self.vdsm(self.params["host"]).destroy_vm(vm)

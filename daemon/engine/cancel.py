@@ -1,4 +1,4 @@
-"""The cancel coordinator: a committed intent, then coroutine cancellation, then shielded cleanup.
+"""The cancel coordinator: a committed intent, then coroutine cancellation, then the cleanup.
 
 Order of a cancel (DESIGN.md "Cancellation", rules 1-6):
 1. `decide` (cancel_rules.py) accepts or refuses; an accepted intent is written and committed
@@ -6,20 +6,24 @@ Order of a cancel (DESIGN.md "Cancellation", rules 1-6):
 2. If the job's root command already entered its end phase (the commit), the cancel came too
    late: the job completes and its record says so. Otherwise the job's asyncio Task is cancelled;
    a task-creating verb in flight still has its task id recorded (command.py).
-3. The cleanup runs shielded, as its own Task, persisting each step: command-specific cancel verbs
-   (VM.migrateCancel), Task.stop for running tasks, then under revert Task.revert newest first and
-   each completed command's compensation, then Task.clear for everything. A host that does not
-   answer is retried with backoff until the cancel deadline (job FAILED, tasks orphaned); `force`
-   ends the job at once and orphans what is left for the reaper.
+3. The cleanup runs as its own Task, which the job's one runner waits on without cancelling it
+   (`asyncio.wait`), persisting each step: command-specific cancel verbs (VM.migrateCancel),
+   Task.stop for running tasks (all of a job's at once), then under revert Task.revert newest
+   first and each completed command's compensation, then Task.clear for everything (at once). A
+   host that does not answer is retried with backoff until the cancel deadline (job FAILED, tasks
+   orphaned); `force` ends the job at once and orphans what is left for the reaper, and a force
+   escalation interrupts a cleanup that is waiting on a host.
 4. On restart, CANCELLING jobs are picked up again here and carried to the end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from daemon import model
@@ -36,7 +40,14 @@ from daemon.model import (
     TaskStatus,
 )
 from daemon.registry import Registry
-from daemon.vdsm.errors import NotSpm, UnknownTask, VdsmCallError
+from daemon.vdsm.errors import (
+    NotSpm,
+    TaskAborted,
+    TaskNotFinished,
+    TaskStateTransitionError,
+    UnknownTask,
+    VdsmCallError,
+)
 
 if TYPE_CHECKING:
     from daemon.engine.executor import Executor
@@ -70,7 +81,11 @@ class CancelCoordinator:
         self.deadline = deadline  # seconds a cancel may wait for unreachable hosts
         self.retry = retry
         self._runners: dict[str, asyncio.Task[None]] = {}
-        self._cleanups: dict[str, asyncio.Future[None]] = {}  # shielded, so tracked apart
+        self._cleanups: dict[str, asyncio.Task[None]] = {}  # not the runner's: tracked apart
+        # set when a force escalates a cancel whose runner is under way
+        self._forced: collections.defaultdict[str, asyncio.Event] = collections.defaultdict(
+            asyncio.Event
+        )
         self._clearing: set[str] = set()  # jobs past their last chance to revert
 
     # -- requests ----------------------------------------------------------------------------
@@ -159,13 +174,21 @@ class CancelCoordinator:
         return outcomes
 
     def _launch(self, job: Job) -> None:
+        """One runner per job. A force arriving while the runner waits on a host does not start
+        a second runner: it wakes this one, which drops the slow path and ends the job."""
         runner = self._runners.get(job.id)
         if runner is not None and not runner.done():
             if job.cancel is not None and job.cancel.force:
-                runner.cancel()  # force does not wait for the slow path
-            else:
-                return
-        self._runners[job.id] = asyncio.create_task(self._carry_out(job), name=f"cancel-{job.id}")
+                self._forced[job.id].set()
+            return
+        runner = asyncio.create_task(self._carry_out(job), name=f"cancel-{job.id}")
+        self._runners[job.id] = runner
+        runner.add_done_callback(lambda _: self._forget_runner(job.id, runner))
+
+    def _forget_runner(self, job_id: str, runner: asyncio.Task[None]) -> None:
+        if self._runners.get(job_id) is runner:
+            del self._runners[job_id]
+            self._forced.pop(job_id, None)
 
     async def recover(self) -> list[str]:
         """Restart: carry every committed cancel to its end (nothing is re-decided)."""
@@ -198,33 +221,55 @@ class CancelCoordinator:
     # -- carrying a cancel out -------------------------------------------------------------------
 
     async def _carry_out(self, job: Job) -> None:
+        """Cancel the job's coroutine, then run the cleanup as a task of its own.
+
+        Neither wait takes the cancellation of what it waits for: `asyncio.wait` returns when
+        the awaited task is done however it ended, and leaves it running if this runner is
+        cancelled instead (shutdown), so the runner's own cancellation always propagates
+        (prior-art §5: never swallow it). The cleanup is tracked apart so shutdown stops it
+        too; it resumes from the committed state after the next start."""
         cancel = job.cancel
         assert cancel is not None
-        running = self.executor.running_task(job.id)
         if job.id in self.executor.committing:
             cancel.outcome, cancel.late = "too_late", True
             cancel.actions.append({"action": "too_late", "phase": "end", "at": model.now()})
             await self.registry.touch_job(job)
             return  # the job completes on its own and ends FINISHED or FAILED
+        running = self.executor.running_task(job.id)
         if running is not None and not running.done():
             running.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await running
+            await asyncio.wait({running})
         for pool in {t.pool for t in self.registry.job_tasks(job.id)}:
             self.hosts.boost(pool)
-        cleanup = asyncio.ensure_future(self._cleanup(job))
+        completed = await self._run_cleanup(job, interruptible=not cancel.force)
+        if not completed and job.status is JobStatus.CANCELLING:
+            # forced while the cleanup waited on a host: one attempt at what is left, then the
+            # job ends ABORTED and the reaper takes the tasks still on hosts
+            await self._run_cleanup(job, interruptible=False)
+
+    async def _run_cleanup(self, job: Job, *, interruptible: bool) -> bool:
+        """Run the cleanup to its end (True), or, if `interruptible`, until a force escalation
+        (False): the slow cleanup is then cancelled and has unwound before this returns."""
+        cleanup = asyncio.create_task(self._cleanup(job), name=f"cancel-cleanup-{job.id}")
         self._cleanups[job.id] = cleanup
-        cleanup.add_done_callback(lambda _: self._cleanups.pop(job.id, None))
+        waits: set[asyncio.Task[Any]] = {cleanup}
+        if interruptible:
+            waits.add(asyncio.create_task(self._forced[job.id].wait()))
         try:
-            await asyncio.shield(cleanup)  # cleanup that awaits is shielded (prior-art §5)
-        except asyncio.CancelledError:
-            if cancel.force and not cleanup.done():
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if not cleanup.done():
                 cleanup.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await cleanup
-                await self._finish(job, JobStatus.ABORTED, "forced", orphan=True)
-                return
-            raise
+                await asyncio.wait({cleanup})
+            if cleanup.cancelled():
+                return False
+            if (error := cleanup.exception()) is not None:  # _cleanup ends the job on errors
+                log.error("job %s: cancel cleanup failed: %r", job.id, error, exc_info=error)
+            return True
+        finally:
+            for waiting in waits - {cleanup}:
+                waiting.cancel()
+            if self._cleanups.get(job.id) is cleanup:
+                del self._cleanups[job.id]
 
     async def _cleanup(self, job: Job) -> None:
         cancel = job.cancel
@@ -290,39 +335,75 @@ class CancelCoordinator:
                 cancel.actions.append(
                     {"action": what, "command": command.record.id, "at": model.now()}
                 )
+        running = []
         for task in self.registry.job_tasks(job.id):
             if task.status is TaskStatus.SUBMITTING:
                 self.registry.set_task_status(
                     task, TaskStatus.LOST, message="verb outcome unknown; reaped if it exists"
                 )
             elif task.status is TaskStatus.POLLING and not task.stop_sent and task.vdsm_id:
-                vdsm_id, host = task.vdsm_id, task.host
-                await self._retrying(give_up, lambda t=task: self._on_spm(t, "stop_task"))
-                # keep the status it has now: a poll may have seen it end while the stop was sent
-                self.registry.set_task_status(task, task.status, stop_sent=True)
-                cancel.actions.append(
-                    {"action": "stopped", "task": vdsm_id, "host": host, "at": model.now()}
-                )
-                self.hosts.watch(task.pool)
+                running.append(task)
+        await _all(self._stop_task(cancel, task, give_up) for task in running)
         await self.registry.touch_job(job)
         await self._wait_tasks(job, give_up)
         if any(task_succeeded(t) and not t.revert_sent for t in self.registry.job_tasks(job.id)):
             cancel.late = True  # some work completed before the stop arrived
 
+    async def _stop_task(self, cancel: CancelRecord, task: model.Task, give_up: float) -> None:
+        vdsm_id, host = task.vdsm_id, task.host
+        await self._retrying(give_up, lambda: self._on_spm(task, "stop_task"))
+        # keep the status it has now: a poll may have seen it end while the stop was sent
+        self.registry.set_task_status(task, task.status, stop_sent=True)
+        cancel.actions.append(
+            {"action": "stopped", "task": vdsm_id, "host": host, "at": model.now()}
+        )
+        self.hosts.watch(task.pool)
+
     async def _on_spm(self, task: model.Task, verb: str) -> None:
         """Task.stop/revert/clear of an SPM task, sent to the pool's SPM as it is now: the task
         lives with the pool, and a new SPM recovers it from storage (the SPM may have moved since
-        the task started). A task the SPM does not know is gone for stop and clear."""
+        the task started). A task the SPM does not know is gone for stop and clear, once the
+        host confirms it is still the SPM (else the verb is retried on the new one).
+
+        A verb may reach VDSM twice: the daemon can die after sending it and before its record
+        committed, and the restarted cancel sends it again. VDSM refuses the repeat, and the
+        refusal means the first one took effect: a stop of a task already aborting answers 411;
+        a revert of a task already rolling back (403) or rolled back (441) is confirmed by the
+        task's state before it counts as sent."""
         assert task.vdsm_id is not None
         spm = await self.hosts.spm(task.pool)
+        vdsm = self.hosts.vdsm(spm)
         try:
-            await getattr(self.hosts.vdsm(spm), verb)(task.vdsm_id)
+            await getattr(vdsm, verb)(task.vdsm_id)
         except NotSpm:
             self.hosts.forget_spm(task.pool)  # moved again: rediscovered on the next attempt
             raise
-        except UnknownTask:
+        except UnknownTask as e:
+            # The SPM holds the pool's tasks: a host that lost the role (while this verb was on
+            # its way) knows none of them, though they live on with the pool for the next SPM.
+            status, _, _ = await vdsm.spm_status(task.pool)
+            if status != "SPM":
+                self.hosts.forget_spm(task.pool)
+                raise NotSpm(654, f"{spm} is {status} now: {e.message}", e.method, spm) from e
             if verb == "revert_task":
                 raise
+        except TaskAborted:
+            if verb != "stop_task":
+                raise
+            log.info("job %s: task %s was already aborting (stop repeated)", task.job_id, task.id)
+        except (TaskNotFinished, TaskStateTransitionError):
+            if verb != "revert_task":
+                raise
+            report = await vdsm.task_status(task.vdsm_id)
+            if report.state == "finished" and report.result == "success":
+                raise  # not a repeat: the task is as it was, and VDSM refused the revert
+            log.info(
+                "job %s: task %s was already reverted (%s %s; revert repeated)",
+                task.job_id,
+                task.id,
+                report.state,
+                report.result,
+            )
 
     async def _revert(self, job: Job, give_up: float) -> None:
         cancel = job.cancel
@@ -352,16 +433,22 @@ class CancelCoordinator:
         cancel = job.cancel
         assert cancel is not None
         self._clearing.add(job.id)  # from here an escalation to revert is refused
-        for task in self.registry.job_tasks(job.id):
-            if task.status in (TaskStatus.ENDED, TaskStatus.CLEARING) and task.vdsm_id:
-                if task.status is TaskStatus.ENDED:
-                    self.registry.set_task_status(task, TaskStatus.CLEARING)
-                vdsm_id, host = task.vdsm_id, task.host
-                await self._retrying(give_up, lambda t=task: self._on_spm(t, "clear_task"))
-                self.registry.set_task_status(task, TaskStatus.CLEARED)
-                cancel.actions.append(
-                    {"action": "cleared", "task": vdsm_id, "host": host, "at": model.now()}
-                )
+        ended = [
+            t
+            for t in self.registry.job_tasks(job.id)
+            if t.status in (TaskStatus.ENDED, TaskStatus.CLEARING) and t.vdsm_id
+        ]
+        await _all(self._clear_task(cancel, task, give_up) for task in ended)
+
+    async def _clear_task(self, cancel: CancelRecord, task: model.Task, give_up: float) -> None:
+        if task.status is TaskStatus.ENDED:
+            self.registry.set_task_status(task, TaskStatus.CLEARING)
+        vdsm_id, host = task.vdsm_id, task.host
+        await self._retrying(give_up, lambda: self._on_spm(task, "clear_task"))
+        self.registry.set_task_status(task, TaskStatus.CLEARED)
+        cancel.actions.append(
+            {"action": "cleared", "task": vdsm_id, "host": host, "at": model.now()}
+        )
 
     async def _wait_tasks(self, job: Job, give_up: float) -> None:
         while any(t.status is TaskStatus.POLLING for t in self.registry.job_tasks(job.id)):
@@ -421,6 +508,16 @@ class CancelCoordinator:
                 job, status, error=error or f"cancelled ({cancel.mode.value}): {cancel.reason}"
             )
         log.info("job %s [%s]: cancel ended %s (%s)", job.id, job.correlation_id, status, outcome)
+
+
+async def _all(calls: Iterable[Awaitable[None]]) -> None:
+    """Send one verb per task at once: a job's tasks cost one round trip, not one each. Every
+    call ends (and records what it did) before the first failure is raised, so no verb is left
+    in flight behind the error."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 # unreachable (client side), VDSM starting, not SPM (moved): retried until the cancel deadline

@@ -26,12 +26,16 @@ _JSON_TYPES: dict[str, dict[str, Any]] = {
     "port": {"type": "integer", "minimum": 1, "maximum": 65535},
     "bool": {"type": "boolean"},
     "mode": {"type": "string", "enum": ["stop", "revert"]},
+    # VDSM's createVolume `preallocate` names; only PREALLOCATED work can be aborted by Task.stop
+    "allocation": {"type": "string", "enum": ["SPARSE", "PREALLOCATED"]},
 }
+_DISK_KEYS = (("pool", "uuid"), ("domain", "uuid"), ("size", "size"))
+_DISK_OPTIONAL = (("preallocate", "allocation"),)
 
 
 @dataclass(frozen=True)
 class Param:
-    kind: str  # uuid, name, str, int, size, port, bool, mode, or "list:<kind>" / "disks"
+    kind: str  # uuid, name, str, int, size, port, bool, mode, allocation, "list:<kind>", "disks"
     required: bool = True
     description: str = ""
 
@@ -102,12 +106,9 @@ def _json_type(kind: str) -> dict[str, Any]:
             "type": "array",
             "items": {
                 "type": "object",
-                "required": ["pool", "domain", "size"],
-                "properties": {
-                    "pool": _JSON_TYPES["uuid"],
-                    "domain": _JSON_TYPES["uuid"],
-                    "size": _JSON_TYPES["size"],
-                },
+                "additionalProperties": False,
+                "required": [k for k, _ in _DISK_KEYS],
+                "properties": {k: _JSON_TYPES[t] for k, t in _DISK_KEYS + _DISK_OPTIONAL},
             },
         }
     return dict(_JSON_TYPES[kind])
@@ -121,16 +122,19 @@ def _check_value(where: str, kind: str, value: Any) -> Any:
     if kind == "disks":
         if not isinstance(value, list) or not value:
             raise InvalidParams(f"{where} must be a non-empty list of disks")
+        known = {k for k, _ in _DISK_KEYS + _DISK_OPTIONAL}
         disks = []
         for i, disk in enumerate(value):
-            if not isinstance(disk, dict) or set(disk) - {"pool", "domain", "size"}:
-                raise InvalidParams(f"{where}[{i}] must be an object with pool, domain, size")
-            disks.append(
-                {
-                    k: _check_value(f"{where}[{i}].{k}", t, disk.get(k))
-                    for k, t in (("pool", "uuid"), ("domain", "uuid"), ("size", "size"))
-                }
-            )
+            if not isinstance(disk, dict) or set(disk) - known:
+                raise InvalidParams(
+                    f"{where}[{i}] must be an object with pool, domain, size "
+                    "and optionally preallocate"
+                )
+            checked = {k: _check_value(f"{where}[{i}].{k}", t, disk.get(k)) for k, t in _DISK_KEYS}
+            for k, t in _DISK_OPTIONAL:
+                if disk.get(k) is not None:
+                    checked[k] = _check_value(f"{where}[{i}].{k}", t, disk[k])
+            disks.append(checked)
         return disks
     if kind == "uuid":
         if not isinstance(value, str) or not _UUID.match(value):
@@ -151,6 +155,10 @@ def _check_value(where: str, kind: str, value: Any) -> Any:
     if kind == "mode":
         if value not in ("stop", "revert"):
             raise InvalidParams(f"{where} must be 'stop' or 'revert', got {value!r}")
+        return value
+    if kind == "allocation":
+        if value not in ("SPARSE", "PREALLOCATED"):
+            raise InvalidParams(f"{where} must be 'SPARSE' or 'PREALLOCATED', got {value!r}")
         return value
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidParams(f"{where} must be an integer, got {value!r}")

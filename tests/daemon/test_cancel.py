@@ -127,17 +127,14 @@ async def test_refusals_and_repeats(tmp_path: Path) -> None:
         gate = s.sim.cluster.hosts[spm_host(s)].gate
         gate.hold()
         image = str(uuid.uuid4())
-        created = (
-            await s.wait_job(
-                await s.submit(
-                    "CreateDisk",
-                    {"pool": s.pool, "domain": s.domains[0], "size": 4096, "image": image},
-                )
+        gate.open()
+        created = await s.wait_job(
+            await s.submit(
+                "CreateDisk",
+                {"pool": s.pool, "domain": s.domains[0], "size": 4096, "image": image},
             )
-            if not gate.open()
-            else None
         )
-        assert created is not None and created.status is JobStatus.FINISHED
+        assert created.status is JobStatus.FINISHED
         gate.hold()
         delete = await s.submit(
             "DeleteDisk", {"pool": s.pool, "domain": s.domains[0], "image": image}
@@ -204,3 +201,63 @@ async def test_taskmgr_cancel_waits_and_reports(tmp_path: Path) -> None:
         assert b"ABORTED" in out and b"outcome=stopped" in out
         assert reg.jobs[job.id].cancel is not None
         assert reg.jobs[job.id].cancel.reason == "operator test"  # type: ignore[union-attr]
+
+
+async def test_stop_aborts_a_preallocated_disk_creation_at_once(tmp_path: Path) -> None:
+    """A PREALLOCATED createVolume allocates through an abortable operation: Task.stop ends it
+    although its work would take an hour; the volume is rolled back."""
+    async with running_stack(tmp_path, time_scale=1.0, task_seconds=3600.0) as s:
+        volume = str(uuid.uuid4())
+        job = await s.submit(
+            "CreateDisk",
+            {
+                "pool": s.pool,
+                "domain": s.domains[0],
+                "size": 4096,
+                "volume": volume,
+                "preallocate": "PREALLOCATED",
+            },
+        )
+        reg = s.daemon.registry
+        await until(
+            s, job.id, lambda: any(t.status is TaskStatus.POLLING for t in reg.job_tasks(job.id))
+        )
+        sim_volume = next(
+            d.volumes[volume]
+            for d in s.sim.cluster.storage.pools[s.pool].domains.values()
+            if volume in d.volumes
+        )
+        assert (sim_volume.allocation, sim_volume.format) == ("PREALLOCATED", "RAW")
+        await s.daemon.cancels.cancel(job.id, mode=CancelMode.STOP, requester=1000)
+        job = await s.wait_job(job)
+        assert job.status is JobStatus.ABORTED, job.error
+        assert volume not in s.volumes()
+        assert all(table == [] for table in s.sim_tasks().values())
+        assert reg.job_tasks(job.id)[0].vdsm_result == "cleanSuccess"
+
+
+async def test_revert_before_the_vm_exists_sends_no_vm_destroy(tmp_path: Path) -> None:
+    """A CreateVm reverted while its disks are still being created never sent VM.create, so its
+    compensation sends no VM.destroy (here VM.destroy fails on the host: it must not be called)."""
+    async with running_stack(tmp_path, time_scale=1.0, task_seconds=3600.0) as s:
+        s.sim.cluster.hosts["host2"].faults.settings.update(
+            {"error_code": 100, "error_methods": ["VM.destroy"]}
+        )
+        before = s.volumes()
+        disks = [
+            {"pool": s.pool, "domain": s.domains[0], "size": 4096, "preallocate": "PREALLOCATED"}
+            for _ in range(2)
+        ]
+        job = await s.submit("CreateVm", {"name": "vmr", "host": "host2", "disks": disks})
+        reg = s.daemon.registry
+        await until(
+            s,
+            job.id,
+            lambda: sum(t.status is TaskStatus.POLLING for t in reg.job_tasks(job.id)) == 2,
+        )
+        await s.daemon.cancels.cancel(job.id, mode=CancelMode.REVERT, requester=1000)
+        job = await s.wait_job(job)
+        assert job.status is JobStatus.ABORTED, job.error
+        assert job.cancel is not None and job.cancel.outcome == "reverted"
+        assert s.volumes() == before
+        assert all(table == [] for table in s.sim_tasks().values())

@@ -490,14 +490,20 @@ async def test_migration_source_down_during_cancel_then_back(tmp_path: Path) -> 
         assert s.sim.cluster.fleet.vms_on("host2") == []
 
 
+def held_spm_and_another(s: Stack) -> tuple[Any, str]:
+    """For the SPM-move races: fast cancel retries, the SPM's jobs held at the gate, and the
+    host the role moves to."""
+    s.daemon.cancels.retry = 0.01
+    old = spm_host(s)
+    spm = s.sim.cluster.hosts[old]
+    spm.gate.hold()
+    return spm, next(h for h in s.sim.cluster.hosts if h != old)
+
+
 @pytest.mark.parametrize("mode", [STOP, REVERT])
 async def test_spm_moves_during_cancel(tmp_path: Path, mode: CancelMode) -> None:
     async with running_stack(tmp_path, state_dir=tmp_path / "sim") as s:
-        s.daemon.cancels.retry = 0.01
-        old = spm_host(s)
-        other = next(h for h in s.sim.cluster.hosts if h != old)
-        spm = s.sim.cluster.hosts[old]
-        spm.gate.hold()
+        _, other = held_spm_and_another(s)
         volume = str(uuid.uuid4())
         job = await s.submit("CreateDisk", disk(s, volume=volume))
         await until(s, job.id, polling(s, job))
@@ -507,6 +513,32 @@ async def test_spm_moves_during_cancel(tmp_path: Path, mode: CancelMode) -> None
         await s.sim.cluster.elect_spm(pool, other)
         job = await ended(s, job, JobStatus.ABORTED, "reverted" if mode is REVERT else "stopped")
         assert volume not in s.volumes()  # the interrupted task was rolled back by the new SPM
+
+
+async def test_spm_moves_between_the_task_end_and_its_clear(tmp_path: Path) -> None:
+    """The stopped task ended on the old SPM; the role moves before Task.clear goes out, so the
+    clear reaches a host that no longer knows the pool's tasks (401). That is not "already
+    cleared": the new SPM recovered the task from storage, and the clear is retried there."""
+    async with running_stack(tmp_path, state_dir=tmp_path / "sim") as s:
+        spm, other = held_spm_and_another(s)
+        job = await s.submit("CreateDisk", disk(s))
+        await until(s, job.id, polling(s, job))
+        coordinator = s.daemon.cancels
+        clear = coordinator._clear
+
+        async def move_then_clear(job: Job, give_up: float) -> None:
+            pool = s.sim.cluster.storage.pools[s.pool]
+            await s.sim.cluster.elect_spm(pool, other)  # the daemon still thinks `old` is SPM
+            await clear(job, give_up)
+
+        coordinator._clear = move_then_clear  # type: ignore[method-assign]
+        await cancel(s, job, STOP)
+        await until(
+            s, job.id, lambda: all(t.stop_sent for t in s.daemon.registry.job_tasks(job.id))
+        )
+        spm.gate.open()
+        await ended(s, job, JobStatus.ABORTED, "stopped")
+        all_clear(s)
 
 
 async def test_force_with_the_host_down_then_the_reaper(tmp_path: Path) -> None:
@@ -554,6 +586,7 @@ async def test_force_escalates_a_cancel_stuck_on_a_down_host(tmp_path: Path) -> 
         spm.faults.settings.update({"down": True})
         await cancel(s, job, STOP)
         await until_sim(lambda: stops.count >= 2)
+        runner = s.daemon.cancels._runners[job.id]
         decision = await cancel(s, job, force=True, privileged=True)
         assert decision.reason == "escalated"
         job = await s.wait_job(job)
@@ -561,6 +594,10 @@ async def test_force_escalates_a_cancel_stuck_on_a_down_host(tmp_path: Path) -> 
         assert job.cancel.outcome == "forced"
         assert [t.status for t in s.daemon.registry.job_tasks(job.id)] == [TaskStatus.ORPHAN]
         assert s.daemon.registry.job_locks(job.id) == []
+        # one runner carried the escalation to the end; nothing of it is left behind
+        await asyncio.wait({runner}, timeout=10)
+        assert runner.done() and not runner.cancelled()
+        assert s.daemon.cancels._runners == {} and s.daemon.cancels._cleanups == {}
         spm.faults.clear()
         spm.gate.open()
 

@@ -196,6 +196,24 @@ async def finish(s: Stack, ids: list[str], spm: Any, mine: Any) -> None:
             await wait_any(s, ids)
 
 
+def aborted_as_asked(job: Job, mode: CancelMode | None, refused: str, where: str) -> bool:
+    """The outcome a cancel must leave: a job whose cancel was refused ran its course; an
+    accepted one ended ABORTED in its mode (True: the caller checks the effects) or completed
+    with its cancel recorded as too late."""
+    if mode is None:  # never accepted: the job ran its course
+        assert job.status in (JobStatus.FINISHED, JobStatus.FAILED), where
+        assert refused or job.cancel is None, where
+        return False
+    assert job.cancel is not None, where
+    if job.status is JobStatus.FINISHED:
+        assert job.cancel.outcome == "too_late", where
+        return False
+    assert job.status is JobStatus.ABORTED, where
+    want = "reverted" if mode is CancelMode.REVERT else "stopped"
+    assert job.cancel.outcome == want, where
+    return True
+
+
 def check(s: Stack, seed: int, planned: list[Planned]) -> None:
     reg = s.daemon.registry
     volumes = s.volumes()
@@ -214,18 +232,9 @@ def check(s: Stack, seed: int, planned: list[Planned]) -> None:
                 for c in reg.commands[job.id].values()
                 if c.action == "CreateDisk" and "volume" in c.data
             }
-        if p.mode is None:  # never accepted: the job ran its course
-            assert job.status in (JobStatus.FINISHED, JobStatus.FAILED), where
-            assert p.refused or job.cancel is None, where
+        if not aborted_as_asked(job, p.mode, p.refused, where):
             continue
-        assert job.cancel is not None, where
-        if job.status is JobStatus.FINISHED:
-            assert job.cancel.outcome == "too_late", where
-            continue
-        assert job.status is JobStatus.ABORTED, where
-        assert job.cancel.outcome == ("reverted" if p.mode is CancelMode.REVERT else "stopped"), (
-            where
-        )
+        assert job.cancel is not None
         succeeded = {t.command_id for t in tasks if t.vdsm_result == "success"}
         if p.mode is CancelMode.REVERT:
             # as if it never ran: nothing it created remains, every VM where it started
@@ -256,8 +265,6 @@ def check(s: Stack, seed: int, planned: list[Planned]) -> None:
                 assert up == [p.src], where
         if job.action == "DeleteDisk":
             assert p.volumes <= volumes, where  # accepted only before anything was sent
-
-
 
 
 async def run_batch(tmp_path: Path, seeds: range) -> None:

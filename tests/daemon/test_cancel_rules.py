@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
+from daemon.commands.create_disk import CreateDisk
+from daemon.commands.create_vm import CreateVm
 from daemon.engine.cancel_rules import PHASES, CancelDecision, decide, past_point_of_no_return
 from daemon.engine.policy import CancelPolicy
+from daemon.errors import InvalidParams
 from daemon.model import CancelMode, CancelRecord, JobStatus
 
 DEFAULT = CancelPolicy()
@@ -95,3 +100,21 @@ def test_phase_order_matches_the_point_of_no_return() -> None:
         True,
     ]
     assert past_point_of_no_return(DEFAULT, "unknown-phase")  # unknown is treated as done
+
+
+def test_preallocate_is_checked_for_disks_and_create_disk() -> None:
+    """VDSM's createVolume `preallocate` names only; anything else is refused with its place."""
+
+    pool, domain = str(uuid.uuid4()), str(uuid.uuid4())
+    disk = {"pool": pool, "domain": domain, "size": 4096}
+    vm = CreateVm.spec.check(
+        {"name": "v", "host": "h", "disks": [disk, {**disk, "preallocate": "PREALLOCATED"}]}
+    )
+    assert [d.get("preallocate") for d in vm["disks"]] == [None, "PREALLOCATED"]
+    with pytest.raises(InvalidParams, match=r"disks'\[0\]\.preallocate"):
+        CreateVm.spec.check({"name": "v", "host": "h", "disks": [{**disk, "preallocate": 1}]})
+    assert CreateDisk.spec.check({**disk, "preallocate": "SPARSE"})["preallocate"] == "SPARSE"
+    with pytest.raises(InvalidParams, match="'SPARSE' or 'PREALLOCATED'"):
+        CreateDisk.spec.check({**disk, "preallocate": "sparse"})
+    schema = CreateVm.spec.schema()["properties"]["disks"]["items"]
+    assert schema["properties"]["preallocate"]["enum"] == ["SPARSE", "PREALLOCATED"]

@@ -163,13 +163,16 @@ spm_start_timeout = 10.0
     return path
 
 
-async def start_daemon(tmp_path: Path, config: Path, run: int) -> DaemonProc:
+async def start_daemon(
+    tmp_path: Path, config: Path, run: int | str, *, module: tuple[str, ...] = ("daemon.service",)
+) -> DaemonProc:
+    """taskmgrd (`python -m *module run ...`) on tmp_path's database, once its API answers."""
     socket = tmp_path / "api.sock"
     log = tmp_path / f"taskmgrd.{run}.log"
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "daemon.service",
+        *module,
         "run",
         "--config",
         str(config),

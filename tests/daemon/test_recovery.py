@@ -77,8 +77,12 @@ async def test_restart_while_waiting_resumes_and_finishes(tmp_path: Path) -> Non
         volume = str(uuid.uuid4())
         async with running_stack(tmp_path, sim=sim) as s:
             job = await s.submit("CreateDisk", disk(s, volume=volume))
-            await until(lambda: len(gate.held()) == 1)
-            assert s.daemon.executor.root_of(job).data["phase"] == "wait"
+            # the task reaches the gate before the daemon has read createVolume's reply and
+            # committed the wait phase: wait for both
+            await until(
+                lambda: len(gate.held()) == 1
+                and s.daemon.executor.root_of(job).data["phase"] == "wait"
+            )
             locks = [lock.entity for lock in s.daemon.registry.job_locks(job.id)]
             assert locks
         async with running_stack(tmp_path, sim=sim) as s:

@@ -85,6 +85,10 @@ class PhaseResult:
     sim_cpu_cores: float
     submitted: int
     completions_per_s: float
+    polls_per_s: float  # getAllTasksStatuses calls in the window, all pools
+    commit_p50_ms: float  # SQLite group commits of the daemon's store (its last 1,000)
+    commit_p99_ms: float
+    loop_lag_p99_ms: float  # how late a 50 ms sleep of this process's event loop woke up
 
 
 def daemon_config(db: Path, port: int, topology: dict[str, Any], polling: PollingSection) -> Any:
@@ -182,8 +186,18 @@ async def run_phase(
                 except Exception as e:  # counted, never hidden
                     errors.append(f"submit: {e}")
 
+            lags: list[float] = []
+
+            async def lag_probe() -> None:
+                while loop.time() < w1:
+                    before = loop.time()
+                    await asyncio.sleep(0.05)
+                    if loop.time() >= w0:
+                        lags.append(loop.time() - before - 0.05)
+
             async def sample() -> tuple[list[int], float, float, float]:
                 await asyncio.sleep(max(0.0, w0 - loop.time()))
+                polls0 = sum(daemon.hosts.polls.values())
                 cpu0, sim0, wall0 = cpu_seconds(), cpu_seconds(sim.pid), time.time()
                 counts = []
                 while loop.time() < w1:
@@ -197,9 +211,14 @@ async def run_phase(
                     await asyncio.sleep(1.0)
                 cpu1, sim1, wall1 = cpu_seconds(), cpu_seconds(sim.pid), time.time()
                 el = wall1 - wall0
+                polls_per_s.append((sum(daemon.hosts.polls.values()) - polls0) / el)
+                commits.extend(daemon.store.stats.commit_seconds)
                 return counts, (cpu1 - cpu0) / el, (sim1 - sim0) / el, wall0
 
+            polls_per_s: list[float] = []
+            commits: list[float] = []
             sampler = asyncio.create_task(sample())
+            prober = asyncio.create_task(lag_probe())
             for i in range(total):
                 delay = t0 + i / rate - loop.time()
                 if delay > 0:
@@ -208,6 +227,7 @@ async def run_phase(
                 pending.add(task)
                 task.add_done_callback(pending.discard)
             counts, daemon_cpu, sim_cpu, wall_start = await sampler
+            await prober
             wall_end = wall_start + window
             # Every job whose task can have finished inside the window must reach its end
             # (its task started before the window's end minus one task duration, plus slack).
@@ -270,6 +290,10 @@ async def run_phase(
         sim_cpu_cores=round(sim_cpu, 3),
         submitted=len(jobs),
         completions_per_s=round(len(latencies) / window, 1),
+        polls_per_s=round(polls_per_s[0], 1) if polls_per_s else 0.0,
+        commit_p50_ms=round(percentile(commits, 0.50) * 1e3, 1),
+        commit_p99_ms=round(percentile(commits, 0.99) * 1e3, 1),
+        loop_lag_p99_ms=round(percentile(lags, 0.99) * 1e3, 1),
     )
 
 
@@ -353,6 +377,11 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{'phase':<15}{'poll':>10}{'tasks':>7}{'jobs':>7}{'fail':>5}{'p50 s':>8}{'p90 s':>8}"
         f"{'p99 s':>8}{'max s':>8}{'detect p50/p99 s':>18}{'daemon CPU':>12}{'sim CPU':>9}"
     )
+    for r in results:
+        print(
+            f"{r.name}: {r.polls_per_s:g} polls/s, store commits p50/p99 {r.commit_p50_ms:g}/"
+            f"{r.commit_p99_ms:g} ms, event-loop lag p99 {r.loop_lag_p99_ms:g} ms"
+        )
     for r in results:
         print(
             f"{r.name:<15}{r.poll_interval:>10}{r.polling_mean:>7.0f}{r.jobs_measured:>7}"

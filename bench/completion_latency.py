@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import json
 import math
 import sys
@@ -89,6 +90,8 @@ class PhaseResult:
     commit_p50_ms: float  # SQLite group commits of the daemon's store (its last 1,000)
     commit_p99_ms: float
     loop_lag_p99_ms: float  # how late a 50 ms sleep of this process's event loop woke up
+    gc_full_pauses: int  # full (generation 2) garbage collections in the window
+    gc_full_max_ms: float  # the longest of them (the loop stands still meanwhile)
 
 
 def daemon_config(db: Path, port: int, topology: dict[str, Any], polling: PollingSection) -> Any:
@@ -187,6 +190,18 @@ async def run_phase(
                     errors.append(f"submit: {e}")
 
             lags: list[float] = []
+            gc_full: list[float] = []  # durations of generation-2 collections in the window
+            gc_started: list[float] = []
+
+            def on_gc(phase: str, info: dict[str, Any]) -> None:
+                if info.get("generation") != 2:
+                    return
+                if phase == "start":
+                    gc_started[:] = [time.perf_counter()]
+                elif gc_started and w0 <= loop.time() <= w1:
+                    gc_full.append(time.perf_counter() - gc_started[0])
+
+            gc.callbacks.append(on_gc)
 
             async def lag_probe() -> None:
                 while loop.time() < w1:
@@ -228,6 +243,7 @@ async def run_phase(
                 task.add_done_callback(pending.discard)
             counts, daemon_cpu, sim_cpu, wall_start = await sampler
             await prober
+            gc.callbacks.remove(on_gc)
             wall_end = wall_start + window
             # Every job whose task can have finished inside the window must reach its end
             # (its task started before the window's end minus one task duration, plus slack).
@@ -294,6 +310,8 @@ async def run_phase(
         commit_p50_ms=round(percentile(commits, 0.50) * 1e3, 1),
         commit_p99_ms=round(percentile(commits, 0.99) * 1e3, 1),
         loop_lag_p99_ms=round(percentile(lags, 0.99) * 1e3, 1),
+        gc_full_pauses=len(gc_full),
+        gc_full_max_ms=round(max(gc_full, default=0.0) * 1e3, 1),
     )
 
 
@@ -380,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         print(
             f"{r.name}: {r.polls_per_s:g} polls/s, store commits p50/p99 {r.commit_p50_ms:g}/"
-            f"{r.commit_p99_ms:g} ms, event-loop lag p99 {r.loop_lag_p99_ms:g} ms"
+            f"{r.commit_p99_ms:g} ms, event-loop lag p99 {r.loop_lag_p99_ms:g} ms, "
+            f"{r.gc_full_pauses} full GC pauses (longest {r.gc_full_max_ms:g} ms)"
         )
     for r in results:
         print(

@@ -334,6 +334,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--fast-interval", type=float, help="[polling] fast_interval of the measured phase (0.2)"
     )
+    p.add_argument(
+        "--gc-threshold",
+        help="what-if: gc.set_threshold(A,B,C) for this process (default: Python's 700,10,10)",
+    )
     p.add_argument("--no-baseline", action="store_true", help="skip the 10 s polling baseline")
     p.add_argument("--quick", action="store_true", help="smoke run: 10 pools, 200 tasks of 3 s")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
@@ -358,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.settle_retry is not None:
         print(f"what-if: Executor.settle_retry = {args.settle_retry:g} s (shipped: 1 s)")
+    if args.gc_threshold:
+        a, b, c = (int(x) for x in args.gc_threshold.split(","))
+        gc.set_threshold(a, b, c)
+        print(f"what-if: gc.set_threshold({a}, {b}, {c}) (shipped: Python's 700, 10, 10)")
     print(
         "method: task finish = wall time the simulator moved the task to 'finished' (hook in "
         "sim_finish_times.py); job end = the job's ended_at (FINISHED); latency = the difference"

@@ -77,8 +77,8 @@ async def measure(tasks: int, history: int, ticks: int, workdir: Path) -> float:
     hm._vdsm[SPM] = VdsmHost(SPM, CannedClient(json.dumps(statuses)))
     hm._spm._spm[POOL] = SPM
     hm.watch(POOL)  # makes the pool's poller state (and starts its task: stopped below)
-    for task in list(hm._pollers.values()):
-        task.cancel()
+    for poller in list(hm._pollers.values()):
+        poller.cancel()
     state = hm._poll_state[POOL]
     watched = getattr(state, "watched", None)
 

@@ -20,6 +20,7 @@ from daemon import model
 from daemon.errors import Conflict, InvalidParams, NotFound
 from daemon.hosts import HostManager, HostSettings, NoSpm
 from daemon.model import HostStatus, Task, TaskStatus
+from daemon.poller import PoolPoller
 from daemon.registry import Registry
 from daemon.store import Store
 from daemon.vdsm.errors import NotSpm
@@ -324,17 +325,26 @@ async def test_poller_one_call_per_tick_whatever_the_task_count(
     await wait_until(lambda: calls.of("Host.getAllTasksStatuses") > polls, 5.0)
 
 
-@pytest.mark.host_settings(young_seconds=0.0, idle_interval=0.16)
-async def test_poller_backs_off_when_idle_and_boost_speeds_it_up(
+async def backed_off_poller(
     hm: HostManager, sim: Simulator, dc: DataCenter, control: Control, registry: Registry
-) -> None:
+) -> PoolPoller:
+    """A pool whose one task never ends (SPM held), its poller backed off to idle_interval 0.16
+    (young_seconds 0): 0.02 -> 0.04 -> 0.08 -> 0.16."""
     await add_all(hm, sim, dc)
     assert dc.spm is not None
     await control.post(f"/hosts/{dc.spm}/hold")
     await register_task(registry, dc.spm, dc.pool, await create_volume(hm, dc.spm, dc))
     hm.watch(dc.pool)
     state = hm._poll_state[dc.pool]
-    await wait_until(lambda: state.interval == 0.16, 5.0)  # 0.02 -> 0.04 -> 0.08 -> 0.16
+    await wait_until(lambda: state.interval == 0.16, 5.0)
+    return state
+
+
+@pytest.mark.host_settings(young_seconds=0.0, idle_interval=0.16)
+async def test_poller_backs_off_when_idle_and_boost_speeds_it_up(
+    hm: HostManager, sim: Simulator, dc: DataCenter, control: Control, registry: Registry
+) -> None:
+    state = await backed_off_poller(hm, sim, dc, control, registry)
     hm.boost(dc.pool, seconds=5.0)
     await wait_until(lambda: state.interval == FAST.fast_interval, 5.0)
     polls = hm.polls[dc.pool]
@@ -348,13 +358,7 @@ async def test_a_task_start_wakes_only_a_backed_off_poller(
 ) -> None:
     """A poller on the fast pace polls within `fast_interval` anyway: waking it on every task
     start polled busy pools several times per fast tick (issue 3, CPU)."""
-    await add_all(hm, sim, dc)
-    assert dc.spm is not None
-    await control.post(f"/hosts/{dc.spm}/hold")
-    await register_task(registry, dc.spm, dc.pool, await create_volume(hm, dc.spm, dc))
-    hm.watch(dc.pool)
-    state = hm._poll_state[dc.pool]
-    await wait_until(lambda: state.interval == 0.16, 5.0)  # backed off
+    state = await backed_off_poller(hm, sim, dc, control, registry)
     state.wake.clear()
     hm.watch(dc.pool)
     assert state.wake.is_set()  # a backed-off poller is woken

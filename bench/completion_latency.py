@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import json
 import math
 import sys
@@ -85,6 +86,12 @@ class PhaseResult:
     sim_cpu_cores: float
     submitted: int
     completions_per_s: float
+    polls_per_s: float  # getAllTasksStatuses calls in the window, all pools
+    commit_p50_ms: float  # SQLite group commits of the daemon's store (its last 1,000)
+    commit_p99_ms: float
+    loop_lag_p99_ms: float  # how late a 50 ms sleep of this process's event loop woke up
+    gc_full_pauses: int  # full (generation 2) garbage collections in the window
+    gc_full_max_ms: float  # the longest of them (the loop stands still meanwhile)
 
 
 def daemon_config(db: Path, port: int, topology: dict[str, Any], polling: PollingSection) -> Any:
@@ -182,8 +189,30 @@ async def run_phase(
                 except Exception as e:  # counted, never hidden
                     errors.append(f"submit: {e}")
 
+            lags: list[float] = []
+            gc_full: list[float] = []  # durations of generation-2 collections in the window
+            gc_started: list[float] = []
+
+            def on_gc(phase: str, info: dict[str, Any]) -> None:
+                if info.get("generation") != 2:
+                    return
+                if phase == "start":
+                    gc_started[:] = [time.perf_counter()]
+                elif gc_started and w0 <= loop.time() <= w1:
+                    gc_full.append(time.perf_counter() - gc_started[0])
+
+            gc.callbacks.append(on_gc)
+
+            async def lag_probe() -> None:
+                while loop.time() < w1:
+                    before = loop.time()
+                    await asyncio.sleep(0.05)
+                    if loop.time() >= w0:
+                        lags.append(loop.time() - before - 0.05)
+
             async def sample() -> tuple[list[int], float, float, float]:
                 await asyncio.sleep(max(0.0, w0 - loop.time()))
+                polls0 = sum(daemon.hosts.polls.values())
                 cpu0, sim0, wall0 = cpu_seconds(), cpu_seconds(sim.pid), time.time()
                 counts = []
                 while loop.time() < w1:
@@ -197,9 +226,14 @@ async def run_phase(
                     await asyncio.sleep(1.0)
                 cpu1, sim1, wall1 = cpu_seconds(), cpu_seconds(sim.pid), time.time()
                 el = wall1 - wall0
+                polls_per_s.append((sum(daemon.hosts.polls.values()) - polls0) / el)
+                commits.extend(daemon.store.stats.commit_seconds)
                 return counts, (cpu1 - cpu0) / el, (sim1 - sim0) / el, wall0
 
+            polls_per_s: list[float] = []
+            commits: list[float] = []
             sampler = asyncio.create_task(sample())
+            prober = asyncio.create_task(lag_probe())
             for i in range(total):
                 delay = t0 + i / rate - loop.time()
                 if delay > 0:
@@ -208,6 +242,8 @@ async def run_phase(
                 pending.add(task)
                 task.add_done_callback(pending.discard)
             counts, daemon_cpu, sim_cpu, wall_start = await sampler
+            await prober
+            gc.callbacks.remove(on_gc)
             wall_end = wall_start + window
             # Every job whose task can have finished inside the window must reach its end
             # (its task started before the window's end minus one task duration, plus slack).
@@ -270,6 +306,12 @@ async def run_phase(
         sim_cpu_cores=round(sim_cpu, 3),
         submitted=len(jobs),
         completions_per_s=round(len(latencies) / window, 1),
+        polls_per_s=round(polls_per_s[0], 1) if polls_per_s else 0.0,
+        commit_p50_ms=round(percentile(commits, 0.50) * 1e3, 1),
+        commit_p99_ms=round(percentile(commits, 0.99) * 1e3, 1),
+        loop_lag_p99_ms=round(percentile(lags, 0.99) * 1e3, 1),
+        gc_full_pauses=len(gc_full),
+        gc_full_max_ms=round(max(gc_full, default=0.0) * 1e3, 1),
     )
 
 
@@ -291,6 +333,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--fast-interval", type=float, help="[polling] fast_interval of the measured phase (0.2)"
+    )
+    p.add_argument(
+        "--gc-threshold",
+        help="what-if: gc.set_threshold(A,B,C) for this process (default: Python's 700,10,10)",
     )
     p.add_argument("--no-baseline", action="store_true", help="skip the 10 s polling baseline")
     p.add_argument("--quick", action="store_true", help="smoke run: 10 pools, 200 tasks of 3 s")
@@ -316,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.settle_retry is not None:
         print(f"what-if: Executor.settle_retry = {args.settle_retry:g} s (shipped: 1 s)")
+    if args.gc_threshold:
+        a, b, c = (int(x) for x in args.gc_threshold.split(","))
+        gc.set_threshold(a, b, c)
+        print(f"what-if: gc.set_threshold({a}, {b}, {c}) (shipped: Python's 700, 10, 10)")
     print(
         "method: task finish = wall time the simulator moved the task to 'finished' (hook in "
         "sim_finish_times.py); job end = the job's ended_at (FINISHED); latency = the difference"
@@ -353,6 +403,12 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{'phase':<15}{'poll':>10}{'tasks':>7}{'jobs':>7}{'fail':>5}{'p50 s':>8}{'p90 s':>8}"
         f"{'p99 s':>8}{'max s':>8}{'detect p50/p99 s':>18}{'daemon CPU':>12}{'sim CPU':>9}"
     )
+    for r in results:
+        print(
+            f"{r.name}: {r.polls_per_s:g} polls/s, store commits p50/p99 {r.commit_p50_ms:g}/"
+            f"{r.commit_p99_ms:g} ms, event-loop lag p99 {r.loop_lag_p99_ms:g} ms, "
+            f"{r.gc_full_pauses} full GC pauses (longest {r.gc_full_max_ms:g} ms)"
+        )
     for r in results:
         print(
             f"{r.name:<15}{r.poll_interval:>10}{r.polling_mean:>7.0f}{r.jobs_measured:>7}"

@@ -63,6 +63,7 @@ VmReport = Callable[[str, list[dict[str, Any]]], None]  # (host, Host.getAllVmSt
 VmEvent = Callable[[str, str, dict[str, Any]], None]  # (host, event method, params)
 UnknownTasks = Callable[[str, str, list[str]], None]  # (pool, SPM host, VDSM task ids)
 TaskReport = Callable[[Task], None]  # a task whose VDSM status changed (or became LOST)
+PollTimed = Callable[[str, float, bool], None]  # (host, getAllTasksStatuses round trip s, ok)
 
 
 class HostManager:
@@ -86,6 +87,7 @@ class HostManager:
         self.on_unknown_tasks: list[UnknownTasks] = []
         self.on_task_report: list[TaskReport] = []
         self.polls: dict[str, int] = {}  # good getAllTasksStatuses calls per pool (metrics, tests)
+        self.on_poll: PollTimed | None = None  # after every task poll (a latency histogram)
 
     # -- registry of hosts -------------------------------------------------------------------
 
@@ -269,6 +271,7 @@ class HostManager:
         poller = self._pollers.get(pool)
         if poller is None or poller.done():
             state.interval = self.settings.fast_interval
+            state.rescan = True
             self._pollers[pool] = asyncio.create_task(state.run(), name=f"poller-{pool}")
         else:
             state.poke()
@@ -282,6 +285,28 @@ class HostManager:
         """Every task record of the pool, whatever its status (through the hosts' index)."""
         members = [h.name for h in self.registry.hosts.values() if h.pool == pool]
         return [t for name in members for t in self.registry.host_tasks(name) if t.pool == pool]
+
+    def unowned(self, pool: str, vdsm_ids: Iterable[str]) -> list[str]:
+        """The VDSM ids no task record of the pool (any status, on any of its hosts) has."""
+        by_vdsm_id, tasks = self.registry.by_vdsm_id, self.registry.tasks
+        members = [h.name for h in self.registry.hosts.values() if h.pool == pool]
+
+        def owned(vdsm_id: str) -> bool:
+            for host in members:
+                task_id = by_vdsm_id.get((host, vdsm_id))
+                task = tasks.get(task_id) if task_id is not None else None
+                if task is not None and task.pool == pool:
+                    return True
+            return False
+
+        return [i for i in vdsm_ids if not owned(i)]
+
+    def polled(self, host: str, seconds: float, ok: bool) -> None:
+        if self.on_poll is not None:
+            try:
+                self.on_poll(host, seconds, ok)
+            except Exception:
+                log.exception("host %s: on_poll callback failed", host)
 
     def sweep(self) -> None:
         """Poll every pool once (housekeeping: finds orphans on pools with nothing watched)."""

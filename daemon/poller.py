@@ -6,10 +6,18 @@ pool with one. The pace adapts (the engine polls every 10 s whatever happens):
   (`boost`), so a finished task is noticed within one fast tick;
 - otherwise the interval doubles after every tick up to `idle_interval`;
 - a failed tick (no SPM, 654, timeout) backs off the same way;
-- `poke` (a task started or changed hands) cuts the current wait short, but never polls sooner
-  than `fast_interval` after the previous poll, so a burst of submissions cannot turn the poller
-  into a busy loop.
+- `poke` (a task started or changed hands) cuts the current wait short only when the poller is
+  backed off (waiting longer than `fast_interval`): a poller already on the fast pace polls
+  within `fast_interval` anyway, and waking it on every task start polled busy pools several
+  times per fast tick. It never polls sooner than `fast_interval` after the previous poll.
 The poller ends when its pool has no task in POLLING; `HostManager.watch` starts it again.
+
+Cost per tick is kept to the pool's watched tasks: the poller keeps them (`tracked`) instead of
+scanning every task record of the pool's hosts (which includes every finished job's tasks until
+they are purged) three times per tick. A task enters a watched state only through paths that
+call `HostManager.watch` (a verb's task id recorded, a revert, a cancel, a restart), which marks
+the set for a rescan before the next tick; a rescan also runs every `RESCAN_SECONDS` as a net.
+A report that says what the task already says is skipped before any dict is built.
 
 What a good report means for each watched task of the pool (POLLING or ENDED, with a VDSM id):
 its status is applied with `Registry.report_task` (`on_task_report` hears of every change). A
@@ -28,7 +36,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from daemon.model import TaskStatus
+from daemon.model import Task, TaskStatus
 from daemon.spm import NoSpm
 from daemon.vdsm.errors import NotSpm, VdsmCallError
 from daemon.vdsm.verbs import TaskStatusReport
@@ -39,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _WATCHED = (TaskStatus.POLLING, TaskStatus.ENDED)
+RESCAN_SECONDS = 30.0  # the longest a watched task can go unseen if a path forgot `watch`
 
 
 class PoolPoller:
@@ -54,11 +63,36 @@ class PoolPoller:
         self.polls = 0  # successful getAllTasksStatuses calls
         self.failures = 0  # consecutive failed ticks
         self.last_poll = 0.0  # monotonic start of the previous call
+        self.last_tick = 0.0  # monotonic start of the previous tick (the pace counts from it)
         self.last_poll_seconds = 0.0  # how long the previous good call took
         self.last_spm: str | None = None  # the host the previous good report came from
+        self.tracked: dict[str, Task] = {}  # task id -> watched task (POLLING or ENDED, VDSM id)
+        self.rescan = True  # `tracked` may miss a task: rebuild it before the next tick
+        self.rescanned_at = 0.0  # monotonic time of the last rebuild
 
     def poke(self) -> None:
-        self.wake.set()
+        """A task started or changed hands: include it, and poll soon if backed off."""
+        self.rescan = True
+        if self.interval > self.manager.settings.fast_interval:
+            self.wake.set()
+
+    def watched(self) -> list[Task]:
+        """The pool's watched tasks, rebuilt from the registry when marked (or as a net)."""
+        now = time.monotonic()
+        if self.rescan or now - self.rescanned_at > RESCAN_SECONDS:
+            self.rescan = False
+            self.rescanned_at = now
+            self.tracked = {
+                t.id: t
+                for t in self.manager.pool_tasks(self.pool)
+                if t.status in _WATCHED and t.vdsm_id is not None
+            }
+        else:
+            tasks = self.manager.registry.tasks
+            for task_id, task in list(self.tracked.items()):
+                if task.status not in _WATCHED or tasks.get(task_id) is not task:
+                    del self.tracked[task_id]  # settled (or purged) since
+        return list(self.tracked.values())
 
     def boost(self, seconds: float) -> None:
         self.boost_until = max(self.boost_until, time.monotonic() + seconds)
@@ -69,15 +103,14 @@ class PoolPoller:
         while True:
             settings = self.manager.settings  # read each round: a reload may replace them
             self.wake.clear()  # a poke from now on asks for one more poll after this one
+            self.last_tick = time.monotonic()
             try:
                 ok = await self.poll_once()
             except Exception:  # a bug in a callback or the registry must not end polling
                 log.exception("pool %s: task poll failed unexpectedly", self.pool)
                 ok = False
             self.failures = 0 if ok else self.failures + 1
-            active = [
-                t for t in self.manager.pool_tasks(self.pool) if t.status is TaskStatus.POLLING
-            ]
+            active = [t for t in self.watched() if t.status is TaskStatus.POLLING]
             if ok and not active:
                 log.debug("pool %s: no task to poll; poller stops", self.pool)
                 return
@@ -91,11 +124,14 @@ class PoolPoller:
             await self._pause(self.interval)
 
     async def _pause(self, interval: float) -> None:
-        """Wait `interval`, or less when poked, but at least `fast_interval` since the last poll."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(interval):
-                await self.wake.wait()
-        floor = self.last_poll + self.manager.settings.fast_interval - time.monotonic()
+        """Wait until `interval` after the previous tick started (a steady pace whatever its
+        round trip took), or less when poked, but at least `fast_interval` after it."""
+        wait = self.last_tick + interval - time.monotonic()
+        if wait > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self.wake.wait()
+        floor = self.last_tick + self.manager.settings.fast_interval - time.monotonic()
         if floor > 0:
             await asyncio.sleep(floor)
 
@@ -107,22 +143,21 @@ class PoolPoller:
         except NoSpm as e:
             log.warning("pool %s: task poll skipped: %s", pool, e)
             return False
-        expected = {
-            t.id
-            for t in manager.pool_tasks(pool)
-            if t.status is TaskStatus.POLLING and t.vdsm_id is not None
-        }
+        expected = {t.id for t in self.watched() if t.status is TaskStatus.POLLING}
         self.last_poll = time.monotonic()
         try:
             reports = await manager.vdsm(spm).task_statuses()
         except NotSpm:
+            manager.polled(spm, time.monotonic() - self.last_poll, False)
             log.info("pool %s host %s: not SPM any more (654); rediscovering", pool, spm)
             manager.forget_spm(pool)
             return False
         except VdsmCallError as e:
+            manager.polled(spm, time.monotonic() - self.last_poll, False)
             log.warning("pool %s host %s: getAllTasksStatuses failed: %s", pool, spm, e)
             return False
         self.last_poll_seconds = time.monotonic() - self.last_poll
+        manager.polled(spm, self.last_poll_seconds, True)
         self.polls += 1
         manager.polls[pool] = manager.polls.get(pool, 0) + 1
         if spm != self.last_spm:
@@ -133,18 +168,25 @@ class PoolPoller:
 
     def apply(self, spm: str, reports: dict[str, TaskStatusReport], expected: set[str]) -> None:
         manager, pool = self.manager, self.pool
+        registry = manager.registry
         grace = manager.settings.missing_grace
         known: set[str] = set()
-        for task in manager.pool_tasks(pool):
-            if task.vdsm_id is None:
-                continue
-            known.add(task.vdsm_id)
-            if task.status not in _WATCHED:
-                continue
-            report = reports.get(task.vdsm_id)
+        for task in self.watched():
+            vdsm_id = task.vdsm_id
+            if vdsm_id is None or task.status not in _WATCHED:
+                continue  # changed by a callback earlier in this loop
+            known.add(vdsm_id)
+            report = reports.get(vdsm_id)
             if report is not None:
                 self.misses.pop(task.id, None)
-                if manager.registry.report_task(task, report.as_dict()):
+                if (report.state, report.result, report.code, report.message) == (
+                    task.vdsm_state,
+                    task.vdsm_result,
+                    task.code,
+                    task.message,
+                ):
+                    continue  # what the task already says (`report_task` would do nothing)
+                if registry.report_task(task, report.as_dict()):
                     manager.notify_task(task)
                 continue
             if task.status is not TaskStatus.POLLING or task.id not in expected:
@@ -159,10 +201,10 @@ class PoolPoller:
                 pool,
                 spm,
                 task.job_id,
-                task.vdsm_id,
+                vdsm_id,
                 misses,
             )
-            manager.registry.set_task_status(
+            registry.set_task_status(
                 task,
                 TaskStatus.LOST,
                 vdsm_state="unknown",
@@ -171,6 +213,6 @@ class PoolPoller:
             manager.notify_task(task)
         for task_id in [t for t in self.misses if t not in expected]:
             del self.misses[task_id]  # settled or forgotten meanwhile
-        unknown = sorted(set(reports) - known)
+        unknown = sorted(manager.unowned(pool, [i for i in reports if i not in known]))
         if unknown:
             manager.notify_unknown(pool, spm, unknown)

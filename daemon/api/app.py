@@ -348,9 +348,20 @@ BATCH_FIELDS = ("batch", "correlation_id")
 
 
 async def submit(request: web.Request) -> web.Response:
+    """Create one job, or one per entry of `{"batch": [...]}`; answers 201 once committed.
+
+    One job: the whole job (`GET /jobs/{id}`'s shape). A batch: `{"correlation_id", "jobs":
+    [...]}` with one summary per job, in entry order: the listing's row (`id`, `action`,
+    `status`, `correlation_id`, `owner`, `description`, times, `error`, `tasks`, `cancel`) plus
+    `href`, the job's own URL, where its tree is. Rendering a full tree per entry cost more than
+    committing the batch; `?view=full` still answers with the full jobs.
+    """
     from daemon.api.cancel_routes import check_cancel_jobs  # it imports this module
 
-    check_query(request, ())
+    check_query(request, ("view",))
+    view = request.query.get("view", "summary")
+    if view not in ("summary", "full"):
+        raise BadRequest(f"view must be summary or full, got {view!r}")
     peer = require_peer(request)
     daemon = request.app[DAEMON_KEY]
     body = await read_json(request)
@@ -370,7 +381,12 @@ async def submit(request: web.Request) -> web.Response:
         jobs = await daemon.executor.submit_batch(
             entries, owner=peer.uid, correlation_id=correlation_id
         )
-        views = [daemon.registry.job_view(job.id) for job in jobs]
+        registry = daemon.registry
+        views = (
+            [registry.job_view(job.id) for job in jobs]
+            if view == "full"
+            else [batch_entry(registry, job) for job in jobs]
+        )
         cid = jobs[0].correlation_id if jobs else correlation_id
         return web.json_response({"correlation_id": cid, "jobs": views}, status=201)
     doc = expect_object(body, SINGLE_FIELDS, "job request")
@@ -389,6 +405,13 @@ async def submit(request: web.Request) -> web.Response:
         description=description,
     )
     return web.json_response(daemon.registry.job_view(job.id), status=201)
+
+
+def batch_entry(registry: Registry, job: model.Job) -> dict[str, Any]:
+    """A job of a batch answer: its listing row and where its tree is."""
+    entry = job_summary(registry, job)
+    entry["href"] = f"{API}/jobs/{job.id}"
+    return entry
 
 
 def job_summary(registry: Registry, job: model.Job) -> dict[str, Any]:

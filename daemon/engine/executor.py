@@ -68,6 +68,7 @@ class Executor:
         self.committing: set[str] = set()  # jobs whose root command is in its end phase
         self.holding: set[str] = set()  # jobs waiting for their committed cancel to land
         self.cancels: CancelCoordinator | None = None  # set at wiring; CancelJob cancels with it
+        self._done_writes: dict[str, asyncio.Future[None]] = {}  # job -> root's "done" commit
         self._closing = False
 
     # -- submission --------------------------------------------------------------------------
@@ -217,7 +218,14 @@ class Executor:
         except Exception as e:  # a bug: the job must still end, with the reason
             log.exception("job %s [%s]: unexpected error", job.id, job.correlation_id)
             ok, error, result = False, f"internal error: {e}", None
+        finally:
+            done_write = self._done_writes.pop(job.id, None)
         await self.settle(job)
+        if done_write is not None:
+            try:
+                await done_write  # committed by now, or soon: it was queued before settling
+            except Exception as e:  # the store failed; the job's end below reports it too
+                log.error("job %s [%s]: phase done not saved: %s", job.id, job.correlation_id, e)
         self._end_commands(job, ok)
         self.registry.release_locks(job.id)
         if job.status in model.JOB_TERMINAL:
@@ -314,7 +322,15 @@ class Executor:
                 self.registry.set_command_status(record, CommandStatus.FAILED)
             if record.status not in model.COMMAND_TERMINAL:
                 self.registry.set_command_status(record, final)
-            await self._phase(record, "done", result=result)
+            done_write = self._queue_phase(record, "done", result=result)
+            if top:
+                # Settling (Task.clear) need not wait for this commit: the phase is queued
+                # before any settling change, so a restart finds "done" with the tasks as they
+                # were, or "end" and runs the idempotent end again. The job waits for it
+                # before it ends (`_run_job`); one commit less on the path of every job.
+                self._done_writes[job.id] = done_write
+            else:
+                await done_write
         else:
             result = record.data.get("result")
         return not error, error, result
@@ -347,9 +363,13 @@ class Executor:
         return None
 
     async def _phase(self, record: Command, phase: str, **extra: Any) -> None:
+        await self._queue_phase(record, phase, **extra)
+
+    def _queue_phase(self, record: Command, phase: str, **extra: Any) -> asyncio.Future[None]:
+        """Record the command's phase; the future resolves once it is committed."""
         record.data["phase"] = phase
         record.data.update({k: v for k, v in extra.items() if v is not None and v != ""})
-        await self.registry.save_command(record)
+        return self.registry.save_command(record)
 
     async def run_child(
         self, parent: CommandBase, action: str, params: dict[str, Any], *, sequence: int = 0

@@ -97,6 +97,9 @@ class VdsmHost:
         self.name = name
         self.client = client
         self.timeout = timeout
+        # The previous getAllTasksStatuses, raw and checked: a poller asks several times a second
+        # and most entries come back unchanged, so an equal raw entry reuses its checked report.
+        self._last_reports: dict[str, tuple[Any, TaskStatusReport]] = {}
 
     async def _call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         return await self.client.call(method, params, timeout=self.timeout)
@@ -130,7 +133,17 @@ class VdsmHost:
     async def task_statuses(self) -> dict[str, TaskStatusReport]:
         method = "Host.getAllTasksStatuses"
         raw = _expect(dict, await self._call(method), method, self.name)
-        return {str(tid): _report(method, self.name, str(tid), st) for tid, st in raw.items()}
+        last = self._last_reports
+        checked: dict[str, tuple[Any, TaskStatusReport]] = {}
+        for tid, st in raw.items():
+            key = str(tid)
+            seen = last.get(key)
+            if seen is not None and seen[0] == st:
+                checked[key] = seen
+            else:
+                checked[key] = (st, _report(method, self.name, key, st))
+        self._last_reports = checked
+        return {key: report for key, (_, report) in checked.items()}
 
     async def task_status(self, task_id: str) -> TaskStatusReport:
         raw = await self._call("Task.getStatus", {"taskID": task_id})

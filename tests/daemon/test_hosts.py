@@ -20,6 +20,7 @@ from daemon import model
 from daemon.errors import Conflict, InvalidParams, NotFound
 from daemon.hosts import HostManager, HostSettings, NoSpm
 from daemon.model import HostStatus, Task, TaskStatus
+from daemon.poller import PoolPoller
 from daemon.registry import Registry
 from daemon.store import Store
 from daemon.vdsm.errors import NotSpm
@@ -324,22 +325,91 @@ async def test_poller_one_call_per_tick_whatever_the_task_count(
     await wait_until(lambda: calls.of("Host.getAllTasksStatuses") > polls, 5.0)
 
 
-@pytest.mark.host_settings(young_seconds=0.0, idle_interval=0.16)
-async def test_poller_backs_off_when_idle_and_boost_speeds_it_up(
+async def backed_off_poller(
     hm: HostManager, sim: Simulator, dc: DataCenter, control: Control, registry: Registry
-) -> None:
+) -> PoolPoller:
+    """A pool whose one task never ends (SPM held), its poller backed off to idle_interval 0.16
+    (young_seconds 0): 0.02 -> 0.04 -> 0.08 -> 0.16."""
     await add_all(hm, sim, dc)
     assert dc.spm is not None
     await control.post(f"/hosts/{dc.spm}/hold")
     await register_task(registry, dc.spm, dc.pool, await create_volume(hm, dc.spm, dc))
     hm.watch(dc.pool)
     state = hm._poll_state[dc.pool]
-    await wait_until(lambda: state.interval == 0.16, 5.0)  # 0.02 -> 0.04 -> 0.08 -> 0.16
+    await wait_until(lambda: state.interval == 0.16, 5.0)
+    return state
+
+
+@pytest.mark.host_settings(young_seconds=0.0, idle_interval=0.16)
+async def test_poller_backs_off_when_idle_and_boost_speeds_it_up(
+    hm: HostManager, sim: Simulator, dc: DataCenter, control: Control, registry: Registry
+) -> None:
+    state = await backed_off_poller(hm, sim, dc, control, registry)
     hm.boost(dc.pool, seconds=5.0)
     await wait_until(lambda: state.interval == FAST.fast_interval, 5.0)
     polls = hm.polls[dc.pool]
     await wait_until(lambda: hm.polls[dc.pool] >= polls + 5, 1.0)  # fast while boosted
     await control.post(f"/hosts/{dc.spm}/release", {})
+
+
+@pytest.mark.host_settings(young_seconds=0.0, idle_interval=0.16)
+async def test_a_task_start_wakes_only_a_backed_off_poller(
+    hm: HostManager, sim: Simulator, dc: DataCenter, control: Control, registry: Registry
+) -> None:
+    """A poller on the fast pace polls within `fast_interval` anyway: waking it on every task
+    start polled busy pools several times per fast tick (issue 3, CPU)."""
+    state = await backed_off_poller(hm, sim, dc, control, registry)
+    state.wake.clear()
+    hm.watch(dc.pool)
+    assert state.wake.is_set()  # a backed-off poller is woken
+    hm.boost(dc.pool, seconds=5.0)  # back on the fast pace
+    await wait_until(lambda: hm.polls[dc.pool] >= 2 and not state.wake.is_set(), 5.0)
+    assert state.interval == FAST.fast_interval
+    hm.watch(dc.pool)
+    assert not state.wake.is_set()  # a fast one is not: it polls within fast_interval anyway
+    assert state.rescan  # but its next tick includes the new task
+    await control.post(f"/hosts/{dc.spm}/release", {})
+
+
+async def test_on_poll_times_every_task_poll(
+    hm: HostManager, sim: Simulator, dc: DataCenter, control: Control, registry: Registry
+) -> None:
+    await add_all(hm, sim, dc)
+    assert dc.spm is not None
+    timed: list[tuple[str, float, bool]] = []
+    hm.on_poll = lambda host, seconds, ok: timed.append((host, seconds, ok))
+    await control.post(f"/hosts/{dc.spm}/hold")
+    await register_task(registry, dc.spm, dc.pool, await create_volume(hm, dc.spm, dc))
+    hm.watch(dc.pool)
+    await wait_until(lambda: len(timed) >= 3, 5.0)
+    assert {(host, ok) for host, _, ok in timed} == {(dc.spm, True)}
+    assert all(0 <= seconds < FAST.call_timeout for _, seconds, _ in timed)
+    assert len([t for t in timed if t[2]]) == hm.polls[dc.pool]
+    await control.faults(
+        dc.spm, error_code=100, error_message="boom", error_methods=["Host.getAllTasksStatuses"]
+    )
+    await wait_until(lambda: (dc.spm, False) in {(h, ok) for h, _, ok in timed}, 5.0)
+    await control.faults(dc.spm, error_code=0, error_methods=[])
+    await control.post(f"/hosts/{dc.spm}/release", {})
+
+
+async def test_tasks_being_cleared_are_not_unknown(
+    hm: HostManager, sim: Simulator, dc: DataCenter, registry: Registry
+) -> None:
+    """The poller watches only POLLING and ENDED tasks; a task the SPM still lists while its
+    record is CLEARING (or CLEARED) is still ours, never handed to the orphan reaper."""
+    await add_all(hm, sim, dc)
+    assert dc.spm is not None
+    unknown: list[str] = []
+    hm.on_unknown_tasks.append(lambda pool, host, ids: unknown.extend(ids))
+    ours = await register_task(registry, dc.spm, dc.pool, await create_volume(hm, dc.spm, dc))
+    hm.watch(dc.pool)
+    await wait_until(lambda: ours.status is TaskStatus.ENDED, 5.0)
+    registry.set_task_status(ours, TaskStatus.CLEARING)  # Task.clear "in flight"
+    stranger = await create_volume(hm, dc.spm, dc)
+    hm.sweep()
+    await wait_until(lambda: stranger in unknown, 5.0)
+    assert ours.vdsm_id not in unknown
 
 
 async def test_task_cleared_behind_our_back_becomes_lost_after_grace(

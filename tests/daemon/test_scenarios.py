@@ -166,8 +166,9 @@ async def test_create_vm_failure_reverts_the_children_disks(tmp_path: Path) -> N
         )
         before = s.volumes()
         disks = [{"pool": s.pool, "domain": s.domains[0], "size": 4096} for _ in range(2)]
-        job = await s.wait_job(await s.submit("CreateVm", {"name": "vm2", "host": "host2",
-                                                           "disks": disks}))
+        job = await s.wait_job(
+            await s.submit("CreateVm", {"name": "vm2", "host": "host2", "disks": disks})
+        )
         assert job.status is JobStatus.FAILED
         assert "no memory" in job.error
         assert s.volumes() == before  # both createVolume tasks were reverted

@@ -74,3 +74,42 @@ async def test_spm_moves_between_a_jobs_task_end_and_its_clear(tmp_path: Path) -
         job = await ended(s, job, JobStatus.FINISHED, None)
         assert [t.status for t in s.daemon.registry.job_tasks(job.id)] == [TaskStatus.CLEARED]
         all_clear(s)
+
+
+async def test_the_copys_deletion_under_revert_is_recorded_and_survives_a_restart(
+    tmp_path: Path,
+) -> None:
+    """CopyDisk's revert deletes a copy that completed with an Image.delete task of its own. Like
+    every task-creating verb, that task is recorded (placeholder first, VDSM's id once it
+    answers): a daemon that stops while it runs finds it after the restart and sees it to its
+    end, instead of leaving it on the host for the orphan reaper."""
+    async with simulator() as sim:
+        image = str(uuid.uuid4())
+        spm = sim.cluster.hosts[spm_of(sim)]
+        async with running_stack(tmp_path, sim=sim) as s:
+            made = await s.wait_job(await s.submit("CreateDisk", disk(s, image=image)))
+            assert made.status is JobStatus.FINISHED
+            spm.gate.hold()
+            params = {"pool": s.pool, "domain": s.domains[0], "image": image}
+            job = await s.submit("CopyDisk", {**params, "dst_domain": s.domains[1]})
+            await until_sim(lambda: len(spm.gate.held()) == 1)
+            [copy] = spm.gate.held()
+            await cancel(s, job, CancelMode.REVERT)
+            reg = s.daemon.registry
+            await until(s, job.id, lambda: all(t.stop_sent for t in reg.job_tasks(job.id)))
+            spm.gate.release(copy)  # the copy is committed as the stop comes: kept, 411
+            await until_sim(lambda: len(spm.gate.held()) == 1 and spm.gate.held() != [copy])
+            [deletion] = spm.gate.held()
+            await until(s, job.id, lambda: deletion in [t.vdsm_id for t in reg.job_tasks(job.id)])
+        async with running_stack(tmp_path, sim=sim) as s:
+            job = restarted(s, job)
+            assert job.status is JobStatus.CANCELLING
+            [task] = [t for t in s.daemon.registry.job_tasks(job.id) if t.vdsm_id == deletion]
+            assert task.verb == "deleteImage" and task.status is TaskStatus.POLLING
+            spm.gate.open()
+            job = await ended(s, job, JobStatus.ABORTED, "reverted")
+            assert task.status is TaskStatus.CLEARED
+            assert s.daemon.reaper.reaped == []  # the daemon knew it: nothing was orphaned
+            dst = sim.cluster.storage.pools[s.pool].domains[s.domains[1]]
+            assert [v for v in dst.volumes.values() if v.image == image and not v.removing] == []
+            all_clear(s)

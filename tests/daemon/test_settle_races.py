@@ -11,7 +11,17 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+import pytest
+
+from daemon.engine.task_verbs import Refusal, TaskVerb, refusal
 from daemon.model import CancelMode, Job, JobStatus, TaskStatus
+from daemon.vdsm.errors import (
+    TaskAborted,
+    TaskNotFinished,
+    TaskStateTransitionError,
+    UnknownTask,
+    VdsmCallError,
+)
 from tests.daemon.stack import running_stack
 from tests.daemon.test_cancel import spm_host, until, until_sim
 from tests.daemon.test_cancel_races import all_clear, cancel, disk, ended, polling
@@ -113,3 +123,21 @@ async def test_the_copys_deletion_under_revert_is_recorded_and_survives_a_restar
             dst = sim.cluster.storage.pools[s.pool].domains[s.domains[1]]
             assert [v for v in dst.volumes.values() if v.image == image and not v.removing] == []
             all_clear(s)
+
+
+@pytest.mark.parametrize(
+    ("verb", "error", "meaning"),
+    [
+        (TaskVerb.STOP, TaskAborted(411, "Task is aborted"), Refusal.DONE),
+        (TaskVerb.CLEAR, TaskAborted(411, "Task is aborted"), Refusal.FAILED),
+        (TaskVerb.STOP, UnknownTask(401, "Task id unknown"), Refusal.CHECK_ROLE),
+        (TaskVerb.CLEAR, UnknownTask(401, "Task id unknown"), Refusal.CHECK_ROLE),
+        (TaskVerb.REVERT, TaskNotFinished(403, "Task not finished"), Refusal.CHECK_STATE),
+        (TaskVerb.REVERT, TaskStateTransitionError(441, "bad state"), Refusal.CHECK_STATE),
+        (TaskVerb.STOP, TaskStateTransitionError(441, "bad state"), Refusal.FAILED),
+        (TaskVerb.CLEAR, VdsmCallError(100, "General Exception"), Refusal.FAILED),
+    ],
+)
+def test_what_a_refusal_means(verb: TaskVerb, error: VdsmCallError, meaning: Refusal) -> None:
+    """VDSM's answer to a repeated verb: only the refusals a repeat can cause count as done."""
+    assert refusal(verb, error) is meaning

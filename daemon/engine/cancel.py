@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from daemon import model
 from daemon.engine.cancel_rules import CancelDecision, decide, refuse
 from daemon.engine.command import CommandBase, task_succeeded
+from daemon.engine.task_verbs import TaskVerb, send_on_spm
 from daemon.errors import DaemonError, NotFound, Unavailable
 from daemon.model import (
     CancelMode,
@@ -40,14 +41,7 @@ from daemon.model import (
     TaskStatus,
 )
 from daemon.registry import Registry
-from daemon.vdsm.errors import (
-    NotSpm,
-    TaskAborted,
-    TaskNotFinished,
-    TaskStateTransitionError,
-    UnknownTask,
-    VdsmCallError,
-)
+from daemon.vdsm.errors import VdsmCallError
 
 if TYPE_CHECKING:
     from daemon.engine.executor import Executor
@@ -351,59 +345,13 @@ class CancelCoordinator:
 
     async def _stop_task(self, cancel: CancelRecord, task: model.Task, give_up: float) -> None:
         vdsm_id, host = task.vdsm_id, task.host
-        await self._retrying(give_up, lambda: self._on_spm(task, "stop_task"))
+        await self._retrying(give_up, lambda: send_on_spm(self.hosts, task, TaskVerb.STOP))
         # keep the status it has now: a poll may have seen it end while the stop was sent
         self.registry.set_task_status(task, task.status, stop_sent=True)
         cancel.actions.append(
             {"action": "stopped", "task": vdsm_id, "host": host, "at": model.now()}
         )
         self.hosts.watch(task.pool)
-
-    async def _on_spm(self, task: model.Task, verb: str) -> None:
-        """Task.stop/revert/clear of an SPM task, sent to the pool's SPM as it is now: the task
-        lives with the pool, and a new SPM recovers it from storage (the SPM may have moved since
-        the task started). A task the SPM does not know is gone for stop and clear, once the
-        host confirms it is still the SPM (else the verb is retried on the new one).
-
-        A verb may reach VDSM twice: the daemon can die after sending it and before its record
-        committed, and the restarted cancel sends it again. VDSM refuses the repeat, and the
-        refusal means the first one took effect: a stop of a task already aborting answers 411;
-        a revert of a task already rolling back (403) or rolled back (441) is confirmed by the
-        task's state before it counts as sent."""
-        assert task.vdsm_id is not None
-        spm = await self.hosts.spm(task.pool)
-        vdsm = self.hosts.vdsm(spm)
-        try:
-            await getattr(vdsm, verb)(task.vdsm_id)
-        except NotSpm:
-            self.hosts.forget_spm(task.pool)  # moved again: rediscovered on the next attempt
-            raise
-        except UnknownTask as e:
-            # The SPM holds the pool's tasks: a host that lost the role (while this verb was on
-            # its way) knows none of them, though they live on with the pool for the next SPM.
-            status, _, _ = await vdsm.spm_status(task.pool)
-            if status != "SPM":
-                self.hosts.forget_spm(task.pool)
-                raise NotSpm(654, f"{spm} is {status} now: {e.message}", e.method, spm) from e
-            if verb == "revert_task":
-                raise
-        except TaskAborted:
-            if verb != "stop_task":
-                raise
-            log.info("job %s: task %s was already aborting (stop repeated)", task.job_id, task.id)
-        except (TaskNotFinished, TaskStateTransitionError):
-            if verb != "revert_task":
-                raise
-            report = await vdsm.task_status(task.vdsm_id)
-            if report.state == "finished" and report.result == "success":
-                raise  # not a repeat: the task is as it was, and VDSM refused the revert
-            log.info(
-                "job %s: task %s was already reverted (%s %s; revert repeated)",
-                task.job_id,
-                task.id,
-                report.state,
-                report.result,
-            )
 
     async def _revert(self, job: Job, give_up: float) -> None:
         cancel = job.cancel
@@ -412,7 +360,9 @@ class CancelCoordinator:
         for task in tasks:
             if task_succeeded(task) and not task.revert_sent and task.vdsm_id:
                 vdsm_id, host = task.vdsm_id, task.host
-                await self._retrying(give_up, lambda t=task: self._on_spm(t, "revert_task"))
+                await self._retrying(
+                    give_up, lambda t=task: send_on_spm(self.hosts, t, TaskVerb.REVERT)
+                )
                 self.registry.set_task_status(
                     task, TaskStatus.POLLING, revert_sent=True, vdsm_result=""
                 )
@@ -444,7 +394,7 @@ class CancelCoordinator:
         if task.status is TaskStatus.ENDED:
             self.registry.set_task_status(task, TaskStatus.CLEARING)
         vdsm_id, host = task.vdsm_id, task.host
-        await self._retrying(give_up, lambda: self._on_spm(task, "clear_task"))
+        await self._retrying(give_up, lambda: send_on_spm(self.hosts, task, TaskVerb.CLEAR))
         self.registry.set_task_status(task, TaskStatus.CLEARED)
         cancel.actions.append(
             {"action": "cleared", "task": vdsm_id, "host": host, "at": model.now()}

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from daemon import model
 from daemon.engine.command import CommandBase, CommandContext, CommandFailed
 from daemon.engine.policy import ActionSpec
+from daemon.engine.task_verbs import TaskVerb, send_on_spm
 from daemon.engine.vmwatch import VmWatch
 from daemon.errors import DaemonError, InvalidParams, NotFound, UnknownAction
 from daemon.model import (
@@ -34,12 +35,11 @@ from daemon.model import (
     new_id,
 )
 from daemon.registry import LockConflict, Registry
-from daemon.vdsm.errors import NotSpm, UnknownTask, VdsmCallError
+from daemon.vdsm.errors import VdsmCallError
 
 if TYPE_CHECKING:
     from daemon.engine.cancel import CancelCoordinator
     from daemon.hosts import HostManager
-    from daemon.vdsm.verbs import VdsmHost
 
 log = logging.getLogger(__name__)
 
@@ -450,32 +450,17 @@ class Executor:
                 except (VdsmCallError, DaemonError) as e:
                     log.warning("job %s: stopping task %s: %s", job.id, task.vdsm_id, e)
 
-    async def _task_host(self, task: model.Task) -> VdsmHost:
-        """Where a task's verbs go: the pool's current SPM (SPM tasks move with the role)."""
-        spm = await self.hosts.spm(task.pool)
-        if spm != task.host:
-            log.info(
-                "job %s: task %s was started on %s; the pool's SPM is now %s",
-                task.job_id,
-                task.vdsm_id,
-                task.host,
-                spm,
-            )
-        return self.hosts.vdsm(spm)
-
     async def _settle_task(self, task: model.Task) -> None:
-        assert task.vdsm_id is not None
-        try:
-            await self._settle_on(task, await self._task_host(task))
-        except NotSpm:
-            self.hosts.forget_spm(task.pool)  # the role moved: the next round asks again
-            raise
+        """Task.stop of a running task, Task.clear of an ended one, on the pool's SPM as it is
+        now; a verb repeated after a restart counts as done once VDSM's refusal says it took
+        effect (task_verbs.py). A moved SPM raises NotSpm and the next round asks again."""
+        await self._settle_on(task)
 
-    async def _settle_on(self, task: model.Task, host: VdsmHost) -> None:
+    async def _settle_on(self, task: model.Task) -> None:
         assert task.vdsm_id is not None
         if task.status is TaskStatus.POLLING:
             if not task.stop_sent:
-                await host.stop_task(task.vdsm_id)
+                await send_on_spm(self.hosts, task, TaskVerb.STOP)
                 # its status as it is now: a poll may have seen it end while the stop was sent
                 self.registry.set_task_status(task, task.status, stop_sent=True)
             self.hosts.watch(task.pool)
@@ -483,10 +468,8 @@ class Executor:
         if task.status in (TaskStatus.ENDED, TaskStatus.CLEARING):
             if task.status is TaskStatus.ENDED:
                 self.registry.set_task_status(task, TaskStatus.CLEARING)
-            try:
-                await host.clear_task(task.vdsm_id)
-            except UnknownTask:
-                pass  # already gone: cleared by an earlier attempt whose reply was lost
+            # a 401 from the SPM: already gone (cleared by an attempt whose reply was lost)
+            await send_on_spm(self.hosts, task, TaskVerb.CLEAR)
             self.registry.set_task_status(task, TaskStatus.CLEARED)
 
     # -- restart --------------------------------------------------------------------------------

@@ -1,0 +1,134 @@
+"""Task.stop / Task.revert / Task.clear of one of a job's SPM tasks, for every caller.
+
+Both ends of a job send these verbs: the executor when a job settles its tasks (stop what still
+runs, clear what ended) and the cancel coordinator. They share two facts of real VDSM:
+
+* An SPM task lives with the pool, not with the host that started it: the verb goes to the pool's
+  SPM as it is now, and a host that just lost the role answers 401 for every task of the pool,
+  though the next SPM recovers them from storage. A 401 is "the task is gone" only once
+  getSpmStatus confirms the host still holds the role; otherwise the verb is retried on the new
+  SPM (raised as 654, which every caller already retries).
+* A verb may reach VDSM twice: the daemon can die after sending it and before its record
+  committed, and the restarted daemon sends it again. VDSM refuses the repeat, and the refusal
+  means the first one took effect: a stop of a task already aborting answers 411; a clear of a
+  task already cleared answers 401; a revert of a task already rolling back (403) or rolled back
+  (441) is confirmed by the task's state (Task.getStatus) before it counts as sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from daemon import model
+from daemon.vdsm.errors import (
+    NotSpm,
+    TaskAborted,
+    TaskNotFinished,
+    TaskStateTransitionError,
+    UnknownTask,
+    VdsmCallError,
+)
+
+if TYPE_CHECKING:
+    from daemon.hosts import HostManager
+    from daemon.vdsm.verbs import VdsmHost
+
+log = logging.getLogger(__name__)
+
+
+class TaskVerb(StrEnum):
+    """A verb on an existing task; the value names the `VdsmHost` method that sends it."""
+
+    STOP = "stop_task"  # Task.stop: abort a running task (VDSM rolls back what it did)
+    REVERT = "revert_task"  # Task.revert: roll back a task that succeeded
+    CLEAR = "clear_task"  # Task.clear: drop an ended task from the host's table
+
+
+class Refusal(StrEnum):
+    """What VDSM's error answer to a task verb means for the caller."""
+
+    DONE = "done"  # a repeat of a verb that took effect: count it as sent
+    CHECK_ROLE = "check_role"  # 401: gone only if the host is still the SPM
+    CHECK_STATE = "check_state"  # ambiguous: the task's state says whether it was a repeat
+    FAILED = "failed"  # a real refusal: raised to the caller
+
+
+def refusal(verb: TaskVerb, error: VdsmCallError) -> Refusal:
+    """Classify VDSM's error answer to `verb` (pure: no I/O)."""
+    if isinstance(error, UnknownTask):
+        return Refusal.CHECK_ROLE
+    if verb is TaskVerb.STOP and isinstance(error, TaskAborted):
+        return Refusal.DONE
+    if verb is TaskVerb.REVERT and isinstance(error, TaskNotFinished | TaskStateTransitionError):
+        return Refusal.CHECK_STATE
+    return Refusal.FAILED
+
+
+async def send_on_spm(hosts: HostManager, task: model.Task, verb: TaskVerb) -> None:
+    """Send `verb` for `task` to the pool's current SPM; return once it took effect (now or
+    before a restart). Raises NotSpm (retry: the role moved) or VDSM's refusal."""
+    assert task.vdsm_id is not None
+    spm = await hosts.spm(task.pool)
+    if spm != task.host:
+        log.info(
+            "job %s: task %s was started on %s; the pool's SPM is now %s",
+            task.job_id,
+            task.vdsm_id,
+            task.host,
+            spm,
+        )
+    vdsm = hosts.vdsm(spm)
+    try:
+        await getattr(vdsm, verb.value)(task.vdsm_id)
+    except NotSpm:
+        hosts.forget_spm(task.pool)  # moved again: rediscovered on the next attempt
+        raise
+    except VdsmCallError as e:
+        meaning = refusal(verb, e)
+        if meaning is Refusal.CHECK_ROLE:
+            await _confirm_still_spm(hosts, vdsm, task, spm, e)
+            if verb is TaskVerb.REVERT:
+                raise  # a task to roll back must exist
+            log.info(
+                "job %s: task %s is gone from the SPM (%s repeated)",
+                task.job_id,
+                task.id,
+                verb.value,
+            )
+        elif meaning is Refusal.CHECK_STATE:
+            if not await _already_reverted(vdsm, task):
+                raise  # not a repeat: the task is as it was, and VDSM refused the revert
+        elif meaning is Refusal.FAILED:
+            raise
+        else:
+            log.info("job %s: task %s was already aborting (stop repeated)", task.job_id, task.id)
+
+
+async def _confirm_still_spm(
+    hosts: HostManager, vdsm: VdsmHost, task: model.Task, spm: str, error: VdsmCallError
+) -> None:
+    """A 401 from a host that lost the role (while the verb was on its way) says nothing of the
+    task: raise NotSpm so the verb is retried on the new SPM."""
+    status, _, _ = await vdsm.spm_status(task.pool)
+    if status != "SPM":
+        hosts.forget_spm(task.pool)
+        raise NotSpm(654, f"{spm} is {status} now: {error.message}", error.method, spm) from error
+
+
+async def _already_reverted(vdsm: VdsmHost, task: model.Task) -> bool:
+    """403/441 to a revert: a repeat if the task is rolling back or rolled back; a task still
+    finished with success means VDSM refused this revert."""
+    assert task.vdsm_id is not None
+    report = await vdsm.task_status(task.vdsm_id)
+    if report.state == "finished" and report.result == "success":
+        return False
+    log.info(
+        "job %s: task %s was already reverted (%s %s; revert repeated)",
+        task.job_id,
+        task.id,
+        report.state,
+        report.result,
+    )
+    return True

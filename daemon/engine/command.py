@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from daemon.engine.policy import ActionSpec
+from daemon.engine.task_verbs import TaskVerb, send_on_spm
 from daemon.model import (
     CancelMode,
     Command,
@@ -33,7 +34,7 @@ from daemon.model import (
     new_id,
 )
 from daemon.registry import Registry
-from daemon.vdsm.errors import VdsmCallError
+from daemon.vdsm.errors import NotSpm, VdsmCallError
 
 if TYPE_CHECKING:
     from daemon.engine.executor import Executor
@@ -213,9 +214,7 @@ class CommandBase:
         the rollbacks — the engine's revertTasks."""
         for task in sorted(self.tasks(descendants=True), key=lambda t: t.created_at, reverse=True):
             if task_succeeded(task) and task.vdsm_id and not task.revert_sent:
-                # SPM tasks move with the role: the pool's current SPM holds the task now
-                spm = await self.ctx.hosts.spm(task.pool)
-                await self.vdsm(spm).revert_task(task.vdsm_id)
+                await self._revert_on_spm(task)
                 self.registry.set_task_status(
                     task, TaskStatus.POLLING, revert_sent=True, vdsm_result=""
                 )
@@ -233,6 +232,31 @@ class CommandBase:
                 f"revert of task {t.vdsm_id} on {t.host} ended "
                 f"{t.vdsm_result or t.status}: [{t.code}] {t.message}"
             )
+
+    async def _revert_on_spm(self, task: Task) -> None:
+        """Task.revert on the pool's SPM as it is now (the task moves with the role), with
+        VDSM's refusals read as task_verbs.py does: a revert repeated after a restart (403/441
+        on a task already rolling back) counts as sent, and a 401 from a host that lost the
+        role is retried on the new SPM, a few times, since an election takes a moment."""
+        for attempt in range(_REVERT_ATTEMPTS):
+            try:
+                await send_on_spm(self.ctx.hosts, task, TaskVerb.REVERT)
+                return
+            except NotSpm as e:
+                if attempt == _REVERT_ATTEMPTS - 1:
+                    raise
+                log.info(
+                    "job %s [%s]: revert of task %s: %s; retried on the new SPM",
+                    self.job.id,
+                    self.job.correlation_id,
+                    task.vdsm_id,
+                    e,
+                )
+                await asyncio.sleep(self.ctx.executor.settle_retry)
+
+
+# NotSpm answers a revert accepts before it fails the command: each one re-resolves the SPM
+_REVERT_ATTEMPTS = 5
 
 
 def task_succeeded(task: Task) -> bool:

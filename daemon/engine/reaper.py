@@ -5,6 +5,10 @@ reply was lost in a crash), and tasks of jobs that ended without clearing them (
 hosts that never came back). Both would otherwise sit on the SPM forever — the engine's
 "taskcleaner.sh" problem. An unknown task is only touched after `grace` seconds, and never while a
 creating verb is still in flight on its pool, so a task whose id is about to be recorded is safe.
+
+Its verbs follow task_verbs.py: a 401 means "gone" only from a host that is still the pool's SPM
+(one that just lost the role knows none of the pool's tasks, which live on with the next SPM),
+and a stop repeated on a task already aborting (411) counts as sent.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from daemon.engine.task_verbs import Refusal, TaskVerb, confirm_still_spm, send_to_spm
 from daemon.errors import DaemonError
 from daemon.model import TaskStatus
 from daemon.registry import Registry
-from daemon.vdsm.errors import UnknownTask, VdsmCallError
+from daemon.vdsm.errors import NotSpm, UnknownTask, VdsmCallError
 
 if TYPE_CHECKING:
     from daemon.hosts import HostManager
@@ -27,7 +32,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ReapRecord:
-    host: str
+    pool: str
+    host: str  # the host taken for the pool's SPM when the task was seen (or resolved)
     vdsm_id: str
     first_seen: float
     stop_sent: bool = False
@@ -55,7 +61,7 @@ class Reaper:
             for t in self.registry.tasks.values()
         )
         for vdsm_id in ids:
-            record = self.unknown.setdefault((host, vdsm_id), ReapRecord(host, vdsm_id, now))
+            record = self.unknown.setdefault((host, vdsm_id), ReapRecord(pool, host, vdsm_id, now))
             if in_flight or now - record.first_seen < self.grace:
                 continue
             await self._reap(record)
@@ -72,7 +78,7 @@ class Reaper:
                     "reaper: task %s of pool %s waits for an SPM: %s", task.vdsm_id, task.pool, e
                 )
                 continue
-            record = ReapRecord(host, task.vdsm_id, time.monotonic(), task.stop_sent)
+            record = ReapRecord(task.pool, host, task.vdsm_id, time.monotonic(), task.stop_sent)
             if await self._reap(record):
                 self.registry.set_task_status(task, TaskStatus.CLEARED)
             elif record.stop_sent and not task.stop_sent:
@@ -80,24 +86,50 @@ class Reaper:
                 self.registry.set_task_status(task, TaskStatus.ORPHAN, stop_sent=True)
 
     async def _reap(self, record: ReapRecord) -> bool:
-        """Stop then clear one task; returns True once it is gone from its host."""
-        vdsm = self.hosts.vdsm(record.host)
+        """Stop then clear one task; returns True once it is gone from the pool's SPM. A host
+        that lost the role meanwhile is forgotten and the task is left for the next round,
+        which finds it on the new SPM."""
         try:
-            status = await vdsm.task_status(record.vdsm_id)
-            if status.state != "finished":
-                if not record.stop_sent:
-                    await vdsm.stop_task(record.vdsm_id)
-                    record.stop_sent = True
-                    record.actions.append("stopped")
-                return False
-            await vdsm.clear_task(record.vdsm_id)
-            record.actions.append("cleared")
-        except UnknownTask:
-            record.actions.append("already gone")
+            gone = await self._stop_or_clear(record)
+        except NotSpm as e:
+            log.info(
+                "reaper: task %s of pool %s: %s; retried on the new SPM",
+                record.vdsm_id,
+                record.pool,
+                e,
+            )
+            self.unknown.pop((record.host, record.vdsm_id), None)  # the new SPM reports it
+            return False
         except VdsmCallError as e:
             log.warning("reaper: task %s on %s: %s", record.vdsm_id, record.host, e)
+            return False
+        if not gone:
             return False
         self.unknown.pop((record.host, record.vdsm_id), None)
         self.reaped.append(record)
         log.info("reaper: task %s on %s %s", record.vdsm_id, record.host, ", ".join(record.actions))
         return True
+
+    async def _stop_or_clear(self, record: ReapRecord) -> bool:
+        """One step of a task's end: stop it while it runs, clear it once finished."""
+        vdsm = self.hosts.vdsm(record.host)
+        try:
+            status = await vdsm.task_status(record.vdsm_id)
+        except UnknownTask as e:
+            await confirm_still_spm(self.hosts, record.host, record.pool, e)
+            record.actions.append("already gone")
+            return True
+        if status.state != "finished":
+            if not record.stop_sent:
+                refused = await self._send(record, TaskVerb.STOP)
+                record.stop_sent = True
+                record.actions.append("stopped" if refused is None else "already aborting")
+            return False
+        refused = await self._send(record, TaskVerb.CLEAR)
+        record.actions.append("cleared" if refused is None else "already gone")
+        return True
+
+    async def _send(self, record: ReapRecord, verb: TaskVerb) -> Refusal | None:
+        return await send_to_spm(
+            self.hosts, record.host, record.pool, record.vdsm_id, verb, about="reaper"
+        )

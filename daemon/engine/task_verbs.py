@@ -79,55 +79,61 @@ async def send_on_spm(hosts: HostManager, task: model.Task, verb: TaskVerb) -> N
             task.host,
             spm,
         )
+    await send_to_spm(hosts, spm, task.pool, task.vdsm_id, verb, about=f"job {task.job_id}")
+
+
+async def send_to_spm(
+    hosts: HostManager, spm: str, pool: str, vdsm_id: str, verb: TaskVerb, *, about: str
+) -> Refusal | None:
+    """Send `verb` for the task `vdsm_id` of `pool` to `spm`, the host the caller resolved as
+    the pool's SPM (the orphan reaper knows a host, not a Task). Returns None if VDSM accepted
+    it, or the refusal that counts as done (a repeat, or a task gone from a host that is still
+    SPM); raises NotSpm (the role moved: retry) or VDSM's real refusal. `about` starts the log
+    lines (the job, or "reaper")."""
     vdsm = hosts.vdsm(spm)
     try:
-        await getattr(vdsm, verb.value)(task.vdsm_id)
+        await getattr(vdsm, verb.value)(vdsm_id)
     except NotSpm:
-        hosts.forget_spm(task.pool)  # moved again: rediscovered on the next attempt
+        hosts.forget_spm(pool)  # moved again: rediscovered on the next attempt
         raise
     except VdsmCallError as e:
         meaning = refusal(verb, e)
         if meaning is Refusal.CHECK_ROLE:
-            await _confirm_still_spm(hosts, vdsm, task, spm, e)
+            await confirm_still_spm(hosts, spm, pool, e)
             if verb is TaskVerb.REVERT:
                 raise  # a task to roll back must exist
-            log.info(
-                "job %s: task %s is gone from the SPM (%s repeated)",
-                task.job_id,
-                task.id,
-                verb.value,
-            )
+            log.info("%s: task %s is gone from the SPM (%s repeated)", about, vdsm_id, verb.value)
         elif meaning is Refusal.CHECK_STATE:
-            if not await _already_reverted(vdsm, task):
+            if not await _already_reverted(vdsm, vdsm_id, about):
                 raise  # not a repeat: the task is as it was, and VDSM refused the revert
         elif meaning is Refusal.FAILED:
             raise
         else:
-            log.info("job %s: task %s was already aborting (stop repeated)", task.job_id, task.id)
+            log.info("%s: task %s was already aborting (stop repeated)", about, vdsm_id)
+        return meaning
+    return None
 
 
-async def _confirm_still_spm(
-    hosts: HostManager, vdsm: VdsmHost, task: model.Task, spm: str, error: VdsmCallError
-) -> None:
-    """A 401 from a host that lost the role (while the verb was on its way) says nothing of the
-    task: raise NotSpm so the verb is retried on the new SPM."""
-    status, _, _ = await vdsm.spm_status(task.pool)
+async def confirm_still_spm(hosts: HostManager, spm: str, pool: str, error: VdsmCallError) -> None:
+    """A 401 (for any task call) from a host that lost the role while the call was on its way
+    says nothing of the task: the next SPM recovers it from storage. Raise NotSpm then, so the
+    caller retries on the new SPM instead of taking the task as gone."""
+    status, _, _ = await hosts.vdsm(spm).spm_status(pool)
     if status != "SPM":
-        hosts.forget_spm(task.pool)
+        hosts.forget_spm(pool)
         raise NotSpm(654, f"{spm} is {status} now: {error.message}", error.method, spm) from error
 
 
-async def _already_reverted(vdsm: VdsmHost, task: model.Task) -> bool:
+async def _already_reverted(vdsm: VdsmHost, vdsm_id: str, about: str) -> bool:
     """403/441 to a revert: a repeat if the task is rolling back or rolled back; a task still
     finished with success means VDSM refused this revert."""
-    assert task.vdsm_id is not None
-    report = await vdsm.task_status(task.vdsm_id)
+    report = await vdsm.task_status(vdsm_id)
     if report.state == "finished" and report.result == "success":
         return False
     log.info(
-        "job %s: task %s was already reverted (%s %s; revert repeated)",
-        task.job_id,
-        task.id,
+        "%s: task %s was already reverted (%s %s; revert repeated)",
+        about,
+        vdsm_id,
         report.state,
         report.result,
     )

@@ -21,6 +21,7 @@ from daemon.model import JobStatus, TaskStatus
 from tests.daemon.stack import Stack, running_stack
 from tests.daemon.test_cancel import spm_host, until
 from tests.daemon.test_cancel_races import Attempts, all_clear, cancel, disk, polling
+from tests.daemon.test_recovery import restarted, simulator, spm_of
 
 
 def other_host(s: Stack, host: str) -> str:
@@ -103,3 +104,44 @@ async def test_spm_moves_before_a_failed_create_vm_reverts_its_disks(
         assert all(t.revert_sent and t.status is TaskStatus.CLEARED for t in tasks), tasks
         assert s.volumes() == before  # both createVolume tasks were rolled back
         all_clear(s)
+
+
+async def test_a_revert_repeated_after_a_restart_counts_as_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CreateVm's failure path reverts its disks, newest first. The first Task.revert reached
+    VDSM but the daemon died before `revert_sent` committed: after the restart the revert is
+    sent again and VDSM refuses the repeat (403 rolling back, 441 rolled back). The task's state
+    says it was the first revert taking effect, so the end carries on and reverts the other
+    disk too, instead of failing there and leaving it behind."""
+    async with simulator() as sim:
+        spm = sim.cluster.hosts[spm_of(sim)]
+        sim.cluster.hosts["host2"].faults.settings.update(
+            {"error_code": 100, "error_message": "no memory", "error_methods": ["VM.create"]}
+        )
+        reached = asyncio.Event()
+
+        async def revert_then_die(command: CommandBase) -> None:
+            newest = max(command.tasks(descendants=True), key=lambda t: t.created_at)
+            assert newest.vdsm_id is not None
+            spm.tasks.revert(newest.vdsm_id)  # reached VDSM; the daemon dies before recording it
+            reached.set()
+            await asyncio.Event().wait()
+
+        monkeypatch.setattr(CreateVm, "revert_tasks", revert_then_die)
+        async with running_stack(tmp_path, sim=sim) as s:
+            before = s.volumes()
+            disks = [disk(s) for _ in range(2)]
+            job = await s.submit("CreateVm", {"name": "vm2", "host": "host2", "disks": disks})
+            async with asyncio.timeout(20):
+                await reached.wait()
+            assert not any(t.revert_sent for t in s.daemon.registry.job_tasks(job.id))
+        monkeypatch.undo()
+        async with running_stack(tmp_path, sim=sim) as s:
+            job = await s.wait_job(restarted(s, job))
+            assert job.status is JobStatus.FAILED
+            tasks = s.daemon.registry.job_tasks(job.id)
+            assert len(tasks) == 2
+            assert all(t.revert_sent and t.status is TaskStatus.CLEARED for t in tasks), tasks
+            assert s.volumes() == before  # both disks rolled back, the repeated one included
+            all_clear(s)

@@ -1,7 +1,9 @@
 """Task.stop / Task.revert / Task.clear of one of a job's SPM tasks, for every caller.
 
-Both ends of a job send these verbs: the executor when a job settles its tasks (stop what still
-runs, clear what ended) and the cancel coordinator. They share two facts of real VDSM:
+Every sender of these verbs goes through here: the executor when a job settles its tasks (stop
+what still runs, clear what ended), a failed command's revert (`CommandBase.revert_tasks`), the
+cancel coordinator, and the orphan reaper (which knows a host and a task id, not a Task: it uses
+`send_to_spm`). They share two facts of real VDSM:
 
 * An SPM task lives with the pool, not with the host that started it: the verb goes to the pool's
   SPM as it is now, and a host that just lost the role answers 401 for every task of the pool,

@@ -646,22 +646,29 @@ def main(argv: list[str] | None = None) -> int:
     args.json = getattr(args, "json", False)
     console = Console()
     errors = Console(stderr=True)
+
+    def fail(code: str, e: Exception, exit_code: int) -> int:
+        """stderr for people; with --json also an API-shaped error document on stdout, so a
+        script parsing the output gets JSON on every exit path."""
+        if args.json:
+            doc = {"error": {"code": code, "message": str(e)}}
+            sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        errors.print(f"taskmgr: {e}", markup=False, highlight=False)
+        return exit_code
+
     try:
         return asyncio.run(run(args, console))
     except UsageError as e:
-        errors.print(f"taskmgr: {e}", markup=False, highlight=False)
-        return EXIT_USAGE
+        return fail("usage", e, EXIT_USAGE)
     except ApiError as e:
         if args.json:
             sys.stdout.write(json.dumps(e.doc, indent=2, sort_keys=True) + "\n")
         errors.print(f"error: {e.code}: {e.message}", markup=False, highlight=False)
         return EXIT_ERROR
     except TimeoutWaiting as e:
-        errors.print(f"taskmgr: {e}", markup=False, highlight=False)
-        return EXIT_ERROR
+        return fail("timeout", e, EXIT_ERROR)
     except Unreachable as e:
-        errors.print(f"taskmgr: {e}", markup=False, highlight=False)
-        return EXIT_UNREACHABLE
+        return fail("unreachable", e, EXIT_UNREACHABLE)
     except KeyboardInterrupt:
         return 130
 

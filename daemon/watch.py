@@ -140,6 +140,8 @@ async def watch(
                 while not done(doc):
                     doc = await _next(client, path, query, dirty, follower)
                     live.update(render(doc), refresh=True)
+            if not console.is_terminal:  # Live ends its last frame with a newline only on a tty
+                console.line()
     finally:
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -159,6 +159,16 @@ async def test_unreachable_daemon_exits_3(tmp_path: Path) -> None:
     assert run.code == 3 and str(missing) in run.err
 
 
+async def test_json_failures_print_an_error_document_too(api: ApiDaemon, tmp_path: Path) -> None:
+    """A script reading --json output gets JSON on every exit path, shaped as the API's errors."""
+    run = await taskmgr("--json", "jobs", socket=tmp_path / "nothing.sock")
+    assert run.code == 3 and run.json()["error"]["code"] == "unreachable"
+    run = await taskmgr("--json", "submit", "RefreshHost", "host", socket=api.socket)
+    assert run.code == 2 and run.json()["error"]["code"] == "usage"
+    assert "key=value" in run.json()["error"]["message"]
+    assert api.registry.jobs == {}
+
+
 async def test_env_socket_is_used(api: ApiDaemon) -> None:
     run = await taskmgr("--json", "health", socket=None, env={"TASKMGR_SOCKET": str(api.socket)})
     assert run.code == 0 and run.json()["status"] == "ok"
@@ -234,6 +244,7 @@ async def test_watch_a_job_to_its_end(api: ApiDaemon) -> None:
     assert json.loads(run.out.splitlines()[-1])["status"] == "FINISHED"
     run = await taskmgr("watch", finished, socket=api.socket)
     assert run.code == 0 and finished in run.out and "RefreshHost" in run.out
+    assert run.out.endswith("\n")  # not a terminal: the last view is a whole line too
     failed = await refresh_job(api, host="no-such-host")
     run = await taskmgr("watch", failed, socket=api.socket)
     assert run.code == 1 and "FAILED" in run.out

@@ -201,6 +201,26 @@ async def refresh_job(api: ApiDaemon, host: str = "host1") -> str:
     return job.id
 
 
+async def test_cancelling_a_batch_that_already_ended_exits_1_with_the_refusals(
+    api: ApiDaemon,
+) -> None:
+    """Every job of the batch refused (ended already): nothing was cancelled, so not 0, and
+    --json still says why for each job."""
+    await api.hosts.add_host("host1", "127.0.0.1", 54321, POOL)
+    for _ in range(2):
+        await api.executor.submit(
+            "RefreshHost", {"host": "host1"}, owner=os.getuid(), correlation_id="b1"
+        )
+    await settle(api)
+    run = await taskmgr("cancel", "--correlation-id", "b1", socket=api.socket)
+    assert run.code == 1 and run.out.count("already ended") == 2, run.out + run.err
+    run = await taskmgr("--json", "cancel", "--correlation-id", "b1", socket=api.socket)
+    assert run.code == 1
+    doc = run.json()
+    assert doc["correlation_id"] == "b1" and doc["ended"] == []
+    assert [j["code"] for j in doc["jobs"]] == ["job_ended", "job_ended"]
+
+
 async def test_events_streams_json_lines_from_ready_on(api: ApiDaemon) -> None:
     argv = [sys.executable, "-m", "daemon.cli", "--socket", str(api.socket)]
     proc = await asyncio.create_subprocess_exec(

@@ -319,6 +319,30 @@ async def test_watch_without_a_job_redraws_the_newest_jobs_until_interrupted(
     assert proc.returncode == 130
 
 
+async def test_watch_into_a_pipe_prints_each_changed_view_as_it_comes(api: ApiDaemon) -> None:
+    """Not a terminal (a pipe, a log): no live redraw, but each view that differs is printed
+    when it comes, not only at the end (without JOB there is no end but Ctrl-C)."""
+    argv = [sys.executable, "-m", "daemon.cli", "--socket", str(api.socket), "watch"]
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = await asyncio.create_subprocess_exec(
+        *argv, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(60):
+            assert (await proc.stdout.readline()).startswith(b"jobs (0 of 0)")
+            job_id = await refresh_job(api)
+            while job_id.encode() not in (line := await proc.stdout.readline()):
+                assert line, "watch ended"
+            proc.send_signal(signal.SIGINT)
+            await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 130
+
+
 def test_the_live_views_render_steps_tasks_and_progress() -> None:
     from rich.console import Console
 

@@ -460,13 +460,19 @@ async def wait_job(
                             f"job {job_id}: {_styled(job['status'])} {_current_step(job)}"
                         )
         except TimeoutError:
-            state = job["status"] if job is not None else "not yet read"
-            raise TimeoutWaiting(f"job {job_id} still {state} after {limit:g}s") from None
+            state = f" (still {job['status']})" if job is not None else ""
+            raise TimeoutWaiting(
+                job_id, f"job {job_id} did not end within {limit:g}s{state}"
+            ) from None
     raise Unreachable(f"the event stream of {client.socket_path} ended")  # events() never ends
 
 
 class TimeoutWaiting(Exception):
-    pass
+    """A waited job did not end in time; it goes on running, so its id is reported."""
+
+    def __init__(self, job_id: str, message: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
 
 
 def _current_step(job: dict[str, Any]) -> str:
@@ -664,7 +670,9 @@ def main(argv: list[str] | None = None) -> int:
         """stderr for people; with --json also an API-shaped error document on stdout, so a
         script parsing the output gets JSON on every exit path."""
         if args.json:
-            doc = {"error": {"code": code, "message": str(e)}}
+            doc: dict[str, Any] = {"error": {"code": code, "message": str(e)}}
+            if isinstance(e, TimeoutWaiting):
+                doc["error"]["job"] = e.job_id
             sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
         errors.print(f"taskmgr: {e}", markup=False, highlight=False)
         return exit_code

@@ -169,6 +169,18 @@ async def test_json_failures_print_an_error_document_too(api: ApiDaemon, tmp_pat
     assert api.registry.jobs == {}
 
 
+async def test_a_wait_that_times_out_still_names_the_job_in_json(api: ApiDaemon) -> None:
+    """--wait --json prints one document; when the wait gives up, a script must still learn
+    which job it submitted (it keeps running)."""
+    await api.hosts.add_host("host1", "127.0.0.1", 54321, POOL)
+    argv = ("--json", "submit", "RefreshHost", "host=host1", "--wait", "--timeout", "0")
+    run = await taskmgr(*argv, socket=api.socket)
+    assert run.code == 1, run.out + run.err
+    error = run.json()["error"]
+    assert error["code"] == "timeout" and list(api.registry.jobs) == [error["job"]]
+    assert "did not end within 0s" in error["message"]
+
+
 async def test_env_socket_is_used(api: ApiDaemon) -> None:
     run = await taskmgr("--json", "health", socket=None, env={"TASKMGR_SOCKET": str(api.socket)})
     assert run.code == 0 and run.json()["status"] == "ok"

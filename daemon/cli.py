@@ -388,7 +388,9 @@ async def print_events(client: Client, args: argparse.Namespace, console: Consol
 
 
 async def cancel_jobs(client: Client, args: argparse.Namespace, console: Console) -> int:
-    """Cancel, then (unless --no-wait) follow each job to its end: 0 when all ended ABORTED."""
+    """Cancel, then (unless --no-wait) follow each job to its end: 0 when every job was taken
+    (a batch's refusals count: the daemon answers 202 with one verdict per job) and all ended
+    ABORTED."""
     body: dict[str, Any] = {"mode": "revert" if args.revert else "stop", "reason": args.reason}
     if args.force:
         body["force"] = True
@@ -397,32 +399,43 @@ async def cancel_jobs(client: Client, args: argparse.Namespace, console: Console
             "POST", "/cancel", body={**body, "correlation_id": args.correlation_id}
         )
         ids = [j["job"] for j in doc["jobs"] if j["accepted"] or j["status"] == 200]
+        refused = len(ids) < len(doc["jobs"])
         if not args.json:
             for j in doc["jobs"]:
                 console.print(f"job {j['job']}: {j['reason']}")
-    else:
-        doc = await client.call("POST", f"/jobs/{args.job}/cancel", body=body)
-        ids = [doc["id"]]
-        if not args.json:
-            console.print(
-                f"job {doc['id']}: {doc['status']} "
-                f"({doc.get('cancel_decision', {}).get('reason', '')})"
-            )
+        if args.no_wait:
+            if args.json:
+                emit(console, True, doc, lambda: None)
+            return EXIT_ERROR if refused else EXIT_OK
+        ended = [await wait_job(client, i, console, args.timeout, quiet=args.json) for i in ids]
+        if args.json:  # the daemon's verdict per job, and each taken job as it ended
+            emit(console, True, {**doc, "ended": ended}, lambda: None)
+        else:
+            print_cancelled(console, ended)
+        aborted = all(j["status"] == "ABORTED" for j in ended)
+        return EXIT_OK if aborted and not refused else EXIT_ERROR
+    doc = await client.call("POST", f"/jobs/{args.job}/cancel", body=body)
+    if not args.json:
+        console.print(
+            f"job {doc['id']}: {doc['status']} "
+            f"({doc.get('cancel_decision', {}).get('reason', '')})"
+        )
     if args.no_wait:
         if args.json:
             emit(console, True, doc, lambda: None)
         return EXIT_OK
-    ended = [await wait_job(client, i, console, args.timeout, quiet=args.json) for i in ids]
-    if args.json:
-        emit(console, True, ended if args.correlation_id else ended[0], lambda: None)
-    else:
-        for job in ended:
-            cancel = job.get("cancel") or {}
-            console.print(
-                f"job {job['id']}: {_styled(job['status'])} "
-                f"outcome={cancel.get('outcome', '')} late={cancel.get('late', False)}"
-            )
-    return EXIT_OK if all(j["status"] == "ABORTED" for j in ended) else EXIT_ERROR
+    job = await wait_job(client, doc["id"], console, args.timeout, quiet=args.json)
+    emit(console, args.json, job, lambda: print_cancelled(console, [job]))
+    return EXIT_OK if job["status"] == "ABORTED" else EXIT_ERROR
+
+
+def print_cancelled(console: Console, ended: list[dict[str, Any]]) -> None:
+    for job in ended:
+        cancel = job.get("cancel") or {}
+        console.print(
+            f"job {job['id']}: {_styled(job['status'])} "
+            f"outcome={cancel.get('outcome', '')} late={cancel.get('late', False)}"
+        )
 
 
 async def wait_job(
@@ -447,13 +460,19 @@ async def wait_job(
                             f"job {job_id}: {_styled(job['status'])} {_current_step(job)}"
                         )
         except TimeoutError:
-            state = job["status"] if job is not None else "not yet read"
-            raise TimeoutWaiting(f"job {job_id} still {state} after {limit:g}s") from None
+            state = f" (still {job['status']})" if job is not None else ""
+            raise TimeoutWaiting(
+                job_id, f"job {job_id} did not end within {limit:g}s{state}"
+            ) from None
     raise Unreachable(f"the event stream of {client.socket_path} ended")  # events() never ends
 
 
 class TimeoutWaiting(Exception):
-    pass
+    """A waited job did not end in time; it goes on running, so its id is reported."""
+
+    def __init__(self, job_id: str, message: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
 
 
 def _current_step(job: dict[str, Any]) -> str:
@@ -646,22 +665,31 @@ def main(argv: list[str] | None = None) -> int:
     args.json = getattr(args, "json", False)
     console = Console()
     errors = Console(stderr=True)
+
+    def fail(code: str, e: Exception, exit_code: int) -> int:
+        """stderr for people; with --json also an API-shaped error document on stdout, so a
+        script parsing the output gets JSON on every exit path."""
+        if args.json:
+            doc: dict[str, Any] = {"error": {"code": code, "message": str(e)}}
+            if isinstance(e, TimeoutWaiting):
+                doc["error"]["job"] = e.job_id
+            sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        errors.print(f"taskmgr: {e}", markup=False, highlight=False)
+        return exit_code
+
     try:
         return asyncio.run(run(args, console))
     except UsageError as e:
-        errors.print(f"taskmgr: {e}", markup=False, highlight=False)
-        return EXIT_USAGE
+        return fail("usage", e, EXIT_USAGE)
     except ApiError as e:
         if args.json:
             sys.stdout.write(json.dumps(e.doc, indent=2, sort_keys=True) + "\n")
         errors.print(f"error: {e.code}: {e.message}", markup=False, highlight=False)
         return EXIT_ERROR
     except TimeoutWaiting as e:
-        errors.print(f"taskmgr: {e}", markup=False, highlight=False)
-        return EXIT_ERROR
+        return fail("timeout", e, EXIT_ERROR)
     except Unreachable as e:
-        errors.print(f"taskmgr: {e}", markup=False, highlight=False)
-        return EXIT_UNREACHABLE
+        return fail("unreachable", e, EXIT_UNREACHABLE)
     except KeyboardInterrupt:
         return 130
 

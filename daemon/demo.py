@@ -363,7 +363,7 @@ class Demo:
             "batch": [{"action": "CreateDisk", "params": self._disk()} for _ in range(count)],
             "correlation_id": correlation_id,
         }
-        # whole jobs, not the batch's summaries: the board shows their tasks
+        # the full jobs (the batch answer is a summary per job otherwise): the board shows tasks
         doc = await self._api("POST", "/jobs?view=full", body)
         jobs = [
             DemoJob(f"batch {i}", "5 batch", view, expect="ABORTED", cancel_mode="stop")

@@ -4,7 +4,8 @@ The view is re-read (GET) after change events rather than patched from them: the
 *when* to redraw, so a missed or reset stream can never leave a wrong picture. Redraws are
 coalesced to at most ten a second however fast events come. With a JOB the view is its step tree
 with tasks and progress bars, and the command ends with the job (0 when it FINISHED, else 1);
-without one, the newest jobs and their progress, until Ctrl-C.
+without one, the newest jobs and their progress, until Ctrl-C. When stdout is not a terminal
+(a pipe, a log) each view that differs from the last is printed in turn, not redrawn in place.
 """
 
 from __future__ import annotations
@@ -132,6 +133,18 @@ async def watch(
             while True:
                 sys.stdout.write(json.dumps(doc, sort_keys=True) + "\n")
                 sys.stdout.flush()
+                if done(doc):
+                    break
+                doc = await _next(client, path, query, dirty, follower)
+        elif not console.is_terminal:  # a pipe or a log: each view that differs, in turn
+            shown = ""
+            while True:
+                with console.capture() as capture:
+                    console.print(render(doc))
+                if (text := capture.get()) != shown:
+                    shown = text
+                    sys.stdout.write(text)
+                    sys.stdout.flush()
                 if done(doc):
                     break
                 doc = await _next(client, path, query, dirty, follower)

@@ -181,6 +181,34 @@ def _schemas(actions: dict[str, Any]) -> dict[str, Any]:
                 "cancel": {**anything, "nullable": True},
             },
         },
+        "BatchEntry": {
+            "type": "object",
+            "description": "a job of a batch answer (?view=summary): its listing row and href",
+            "required": ["id", "action", "status", "correlation_id", "owner", "tasks", "href"],
+            "properties": {
+                "id": {"type": "string"},
+                "action": {"type": "string"},
+                "status": {"type": "string", "enum": [s.value for s in JobStatus]},
+                "correlation_id": {"type": "string"},
+                "owner": {"type": "integer"},
+                "tasks": {"type": "integer"},
+                "cancel": {**anything, "nullable": True},
+                "href": {"type": "string", "description": "the job's own URL, with its tree"},
+            },
+        },
+        "BatchAnswer": {
+            "type": "object",
+            "description": "the jobs of a batch, in entry order: summaries, or with "
+            "?view=full whole jobs",
+            "required": ["correlation_id", "jobs"],
+            "properties": {
+                "correlation_id": {"type": "string", "nullable": True},
+                "jobs": {
+                    "type": "array",
+                    "items": {"oneOf": [_ref("BatchEntry"), _ref("Job")]},
+                },
+            },
+        },
         "CancelRequest": {
             "type": "object",
             "additionalProperties": False,
@@ -299,6 +327,13 @@ def _paths() -> dict[str, Any]:
             "post": {
                 "summary": "submit a job, or a batch (one job per entry, all checked first)",
                 "operationId": "submit",
+                "parameters": [
+                    _query(
+                        "view",
+                        {"type": "string", "enum": ["summary", "full"], "default": "summary"},
+                        "a batch's answer: a summary per job, or the full jobs",
+                    )
+                ],
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -306,7 +341,10 @@ def _paths() -> dict[str, Any]:
                     },
                 },
                 "responses": {
-                    "201": _json({"type": "object"}, "accepted: committed before the answer")
+                    "201": _json(
+                        {"oneOf": [_ref("Job"), _ref("BatchAnswer")]},
+                        "committed before the answer: the job, or for a batch its jobs",
+                    )
                 }
                 | _errors(400, 409, 413),
             },

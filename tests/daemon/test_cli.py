@@ -159,6 +159,28 @@ async def test_unreachable_daemon_exits_3(tmp_path: Path) -> None:
     assert run.code == 3 and str(missing) in run.err
 
 
+async def test_json_failures_print_an_error_document_too(api: ApiDaemon, tmp_path: Path) -> None:
+    """A script reading --json output gets JSON on every exit path, shaped as the API's errors."""
+    run = await taskmgr("--json", "jobs", socket=tmp_path / "nothing.sock")
+    assert run.code == 3 and run.json()["error"]["code"] == "unreachable"
+    run = await taskmgr("--json", "submit", "RefreshHost", "host", socket=api.socket)
+    assert run.code == 2 and run.json()["error"]["code"] == "usage"
+    assert "key=value" in run.json()["error"]["message"]
+    assert api.registry.jobs == {}
+
+
+async def test_a_wait_that_times_out_still_names_the_job_in_json(api: ApiDaemon) -> None:
+    """--wait --json prints one document; when the wait gives up, a script must still learn
+    which job it submitted (it keeps running)."""
+    await api.hosts.add_host("host1", "127.0.0.1", 54321, POOL)
+    argv = ("--json", "submit", "RefreshHost", "host=host1", "--wait", "--timeout", "0")
+    run = await taskmgr(*argv, socket=api.socket)
+    assert run.code == 1, run.out + run.err
+    error = run.json()["error"]
+    assert error["code"] == "timeout" and list(api.registry.jobs) == [error["job"]]
+    assert "did not end within 0s" in error["message"]
+
+
 async def test_env_socket_is_used(api: ApiDaemon) -> None:
     run = await taskmgr("--json", "health", socket=None, env={"TASKMGR_SOCKET": str(api.socket)})
     assert run.code == 0 and run.json()["status"] == "ok"
@@ -189,6 +211,26 @@ async def refresh_job(api: ApiDaemon, host: str = "host1") -> str:
     job = await api.executor.submit("RefreshHost", {"host": host}, owner=os.getuid())
     await settle(api)
     return job.id
+
+
+async def test_cancelling_a_batch_that_already_ended_exits_1_with_the_refusals(
+    api: ApiDaemon,
+) -> None:
+    """Every job of the batch refused (ended already): nothing was cancelled, so not 0, and
+    --json still says why for each job."""
+    await api.hosts.add_host("host1", "127.0.0.1", 54321, POOL)
+    for _ in range(2):
+        await api.executor.submit(
+            "RefreshHost", {"host": "host1"}, owner=os.getuid(), correlation_id="b1"
+        )
+    await settle(api)
+    run = await taskmgr("cancel", "--correlation-id", "b1", socket=api.socket)
+    assert run.code == 1 and run.out.count("already ended") == 2, run.out + run.err
+    run = await taskmgr("--json", "cancel", "--correlation-id", "b1", socket=api.socket)
+    assert run.code == 1
+    doc = run.json()
+    assert doc["correlation_id"] == "b1" and doc["ended"] == []
+    assert [j["code"] for j in doc["jobs"]] == ["job_ended", "job_ended"]
 
 
 async def test_events_streams_json_lines_from_ready_on(api: ApiDaemon) -> None:
@@ -234,6 +276,7 @@ async def test_watch_a_job_to_its_end(api: ApiDaemon) -> None:
     assert json.loads(run.out.splitlines()[-1])["status"] == "FINISHED"
     run = await taskmgr("watch", finished, socket=api.socket)
     assert run.code == 0 and finished in run.out and "RefreshHost" in run.out
+    assert run.out.endswith("\n")  # not a terminal: the last view is a whole line too
     failed = await refresh_job(api, host="no-such-host")
     run = await taskmgr("watch", failed, socket=api.socket)
     assert run.code == 1 and "FAILED" in run.out
@@ -279,6 +322,30 @@ async def test_watch_without_a_job_redraws_the_newest_jobs_until_interrupted(
                 view = json.loads(await proc.stdout.readline())
                 if [(j["id"], j["status"]) for j in view["jobs"]] == [(job_id, "FINISHED")]:
                     break
+            proc.send_signal(signal.SIGINT)
+            await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 130
+
+
+async def test_watch_into_a_pipe_prints_each_changed_view_as_it_comes(api: ApiDaemon) -> None:
+    """Not a terminal (a pipe, a log): no live redraw, but each view that differs is printed
+    when it comes, not only at the end (without JOB there is no end but Ctrl-C)."""
+    argv = [sys.executable, "-m", "daemon.cli", "--socket", str(api.socket), "watch"]
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = await asyncio.create_subprocess_exec(
+        *argv, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(60):
+            assert (await proc.stdout.readline()).startswith(b"jobs (0 of 0)")
+            job_id = await refresh_job(api)
+            while job_id.encode() not in (line := await proc.stdout.readline()):
+                assert line, "watch ended"
             proc.send_signal(signal.SIGINT)
             await proc.wait()
     finally:

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from daemon import model
-from daemon.engine.cancel_rules import CancelDecision, decide, refuse
+from daemon.engine.cancel_rules import CancelDecision, cancelled_error, decide, refuse
 from daemon.engine.command import CommandBase, task_succeeded
 from daemon.engine.task_verbs import TaskVerb, send_on_spm
 from daemon.errors import DaemonError, NotFound, Unavailable
@@ -455,7 +455,7 @@ class CancelCoordinator:
         cancel.outcome, cancel.ended_at = outcome, model.now()
         if job.status is JobStatus.CANCELLING:
             await self.registry.set_job_status(
-                job, status, error=error or f"cancelled ({cancel.mode.value}): {cancel.reason}"
+                job, status, error=error or cancelled_error(cancel.mode, cancel.reason)
             )
         log.info("job %s [%s]: cancel ended %s (%s)", job.id, job.correlation_id, status, outcome)
 

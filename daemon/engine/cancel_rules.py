@@ -93,3 +93,10 @@ def decide(
             f"({policy.point_of_no_return}); it will complete",
         )
     return CancelDecision(True, 202, "", "accepted", wanted, force)
+
+
+def cancelled_error(mode: CancelMode, reason: str) -> str:
+    """The error a cancelled job ends with: the mode, then the requester's reason if one was
+    given (without one, no dangling colon)."""
+    reason = reason.strip()
+    return f"cancelled ({mode.value}): {reason}" if reason else f"cancelled ({mode.value})"

@@ -8,7 +8,13 @@ import pytest
 
 from daemon.commands.create_disk import CreateDisk
 from daemon.commands.create_vm import CreateVm
-from daemon.engine.cancel_rules import PHASES, CancelDecision, decide, past_point_of_no_return
+from daemon.engine.cancel_rules import (
+    PHASES,
+    CancelDecision,
+    cancelled_error,
+    decide,
+    past_point_of_no_return,
+)
 from daemon.engine.policy import CancelPolicy
 from daemon.errors import InvalidParams
 from daemon.model import CancelMode, CancelRecord, JobStatus
@@ -118,3 +124,9 @@ def test_preallocate_is_checked_for_disks_and_create_disk() -> None:
         CreateDisk.spec.check({**disk, "preallocate": "sparse"})
     schema = CreateVm.spec.schema()["properties"]["disks"]["items"]
     assert schema["properties"]["preallocate"]["enum"] == ["SPARSE", "PREALLOCATED"]
+
+
+def test_a_cancelled_jobs_error_names_the_mode_and_any_reason() -> None:
+    assert cancelled_error(CancelMode.STOP, "operator asked") == "cancelled (stop): operator asked"
+    assert cancelled_error(CancelMode.REVERT, "") == "cancelled (revert)"
+    assert cancelled_error(CancelMode.REVERT, "  ") == "cancelled (revert)"

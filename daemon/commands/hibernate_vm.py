@@ -37,6 +37,7 @@ from daemon.vdsm.errors import (
 from daemon.vdsm.verbs import VdsmHost
 
 MIB = 1024 * 1024
+MIGRATION_IN_PROGRESS = 51  # VDSM's migInProgress: a migration (or save) of the VM runs
 DUMP_OVERHEAD_MB = 200  # the engine sizes the dump as the VM's memory + 200 MiB (+ video RAM)
 METADATA_BYTES = 10 * 1024  # MemoryUtils.METADATA_SIZE_IN_BYTES
 
@@ -144,18 +145,34 @@ class HibernateVm(CommandBase):
             await self.remember(step=step.id)
         if not self.data("hibernate_sent") and not await self._save_under_way():
             await self.remember(hibernating=True)  # from here a cancel sends VM.migrateCancel
-            await _critical(self.vdsm(host).hibernate_vm(vm, self.handle()))
+            try:
+                await _critical(self.vdsm(host).hibernate_vm(vm, self.handle()))
+            except VdsmCallError as e:
+                if e.vdsm_code != MIGRATION_IN_PROGRESS or not self.data("hibernate_resent"):
+                    raise
+                # the first VM.hibernate's save runs but had not left Up when we asked
             await self.remember(hibernate_sent=True)
         await self._wait_saved()
         self._end_step(StepStatus.FINISHED)
 
     async def _save_under_way(self) -> bool:
-        """After a restart mid-send: did VM.hibernate reach the host? A VM no longer Up, or Up
-        again after a save that failed, tells it did; `_wait_saved` then reads the outcome."""
+        """After a restart mid-send: did VM.hibernate reach the host? A VM no longer Up tells
+        it did; `_wait_saved` then reads the outcome.
+
+        A VM Up gets VM.hibernate again. Its migration status cannot tell whether our verb
+        reached it: VDSM keeps the last migration's status on the VM, so an earlier save that
+        was cancelled or failed (another job's) reads as ours. Sending again is safe either
+        way: a save of ours that failed left the VM Up and is simply retried, one that was
+        cancelled was cancelled by a committed cancel, which the coordinator resumes instead of
+        this wait, and one still starting refuses the second verb (MIGRATION_IN_PROGRESS).
+        """
         if not self.data("hibernating"):
             return False
         stats = await self.vdsm(self.data("host")).vm_info(self.params["vm"])
-        return stats.get("status") != "Up" or await self._migration_code() != 0
+        if stats.get("status") != "Up":
+            return True
+        await self.remember(hibernate_resent=True)
+        return False
 
     async def _wait_saved(self) -> None:
         vm, host = self.params["vm"], self.data("host")

@@ -110,6 +110,8 @@ class HibernateVm(CommandBase):
         pool, domain, vm = d["pool"], d["domain"], self.params["vm"]
         dump_size = (int(d["memory_mb"]) + DUMP_OVERHEAD_MB) * MIB
 
+        # As MemoryUtils: the dump is RAW, sparse on file domains (the engine preallocates it on
+        # block ones; every simulated pool is NFS); the small metadata volume is preallocated.
         def dump(host: VdsmHost) -> Awaitable[str]:
             return host.create_volume(
                 pool, domain, d["dump_image"], d["dump_volume"], dump_size,
@@ -120,7 +122,7 @@ class HibernateVm(CommandBase):
         def metadata(host: VdsmHost) -> Awaitable[str]:
             return host.create_volume(
                 pool, domain, d["meta_image"], d["meta_volume"], METADATA_BYTES,
-                fmt="RAW", prealloc="SPARSE", disk_type="MEMM",
+                fmt="RAW", prealloc="PREALLOCATED", disk_type="MEMM",
                 desc=f"metadata for hibernation of VM {vm}",
             )  # fmt: skip
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from daemon.engine.cancel import CancelCoordinator, CancelDecision
+from daemon.engine.cancel import CancelCoordinator
+from daemon.engine.cancel_rules import CancelDecision
 from daemon.model import JobStatus
 from tests.daemon.stack import running_stack, start_sim
 from tests.daemon.test_cancel import spm_host, until

@@ -133,3 +133,44 @@ async def test_restart_in_a_phase_loses_nothing(
             assert_settled(s, job.id)
     finally:
         await sim.stop()
+
+
+@pytest.mark.parametrize("mode", [CancelMode.STOP, CancelMode.REVERT])
+@pytest.mark.parametrize("moment", ["before VM.migrateCancel", "after VM.migrateCancel"])
+async def test_restart_during_a_cancel_while_saving(
+    tmp_path: Path, mode: CancelMode, moment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancel's intent is committed; the daemon stops before (or just after) the save was
+    aborted. The restarted coordinator carries the cancel on: the VM Up, the job ABORTED."""
+    real = hibernate_vm.HibernateVm.on_cancel
+
+    async def dies(self: hibernate_vm.HibernateVm, how: CancelMode) -> list[str]:
+        if moment == "after VM.migrateCancel":
+            await real(self, how)
+        await _forever()
+        return []
+
+    sim = await start_sim()
+    try:
+        async with running_stack(tmp_path, sim=sim) as s:
+            sim.cluster.hosts[VM_HOST].gate.hold()
+            vm = add_vm(s)
+            job = await s.submit("HibernateVm", {"vm": vm.vm_id})
+            await saving(s, vm)
+            monkeypatch.setattr(hibernate_vm.HibernateVm, "on_cancel", dies)
+            await s.daemon.cancels.cancel(job.id, mode=mode, requester=1000)
+            if moment == "after VM.migrateCancel":
+                await until_sim(lambda: vm.status is VmStatus.UP)
+        monkeypatch.undo()
+        async with running_stack(tmp_path, sim=sim) as s:
+            job = await s.wait_job(s.daemon.registry.jobs[job.id])
+            assert job.status is JobStatus.ABORTED, job.error
+            assert vm.status is VmStatus.UP and not vm.migrating
+            assert sim.cluster.hosts[VM_HOST].gate.held() == []
+            if mode is CancelMode.REVERT:
+                assert memory_volumes(s) == {}
+            else:
+                assert sorted(memory_volumes(s).values()) == ["", ""]
+            assert_settled(s, job.id)
+    finally:
+        await sim.stop()

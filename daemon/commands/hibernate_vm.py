@@ -38,6 +38,7 @@ from daemon.vdsm.verbs import VdsmHost
 
 MIB = 1024 * 1024
 MIGRATION_IN_PROGRESS = 51  # VDSM's migInProgress: a migration (or save) of the VM runs
+NO_VM = 1  # VDSM's noVM: the VM is not on the host, or Down
 DUMP_OVERHEAD_MB = 200  # the engine sizes the dump as the VM's memory + 200 MiB (+ video RAM)
 METADATA_BYTES = 10 * 1024  # MemoryUtils.METADATA_SIZE_IN_BYTES
 
@@ -150,9 +151,11 @@ class HibernateVm(CommandBase):
             try:
                 await _critical(self.vdsm(host).hibernate_vm(vm, self.handle()))
             except VdsmCallError as e:
-                if e.vdsm_code != MIGRATION_IN_PROGRESS or not self.data("hibernate_resent"):
+                resent = self.data("hibernate_resent")
+                if e.vdsm_code not in (MIGRATION_IN_PROGRESS, NO_VM) or not resent:
                     raise
-                # the first VM.hibernate's save runs but had not left Up when we asked
+                # The first VM.hibernate's save had not left Up when we asked and now runs (51)
+                # or is over, the VM Down or gone (1): `_wait_saved` reads which.
             await self.remember(hibernate_sent=True)
         await self._wait_saved()
         self._end_step(StepStatus.FINISHED)
@@ -166,7 +169,8 @@ class HibernateVm(CommandBase):
         was cancelled or failed (another job's) reads as ours. Sending again is safe either
         way: a save of ours that failed left the VM Up and is simply retried, one that was
         cancelled was cancelled by a committed cancel, which the coordinator resumes instead of
-        this wait, and one still starting refuses the second verb (MIGRATION_IN_PROGRESS).
+        this wait, and one still starting refuses the second verb (MIGRATION_IN_PROGRESS,
+        or NO_VM once it is over).
         """
         if not self.data("hibernating"):
             return False

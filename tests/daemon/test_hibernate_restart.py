@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from daemon.commands import hibernate_vm
 from daemon.model import CancelMode, JobStatus
+from daemon.vdsm.verbs import VdsmHost
 from tests.daemon.stack import Stack, running_stack, start_sim
 from tests.daemon.test_cancel import spm_host, until, until_sim
 from tests.daemon.test_hibernate import VM_HOST, add_vm, assert_settled, memory_volumes, saving
@@ -58,7 +60,10 @@ async def _cancelled_save(s: Stack, vm: SimVm) -> None:
     assert status["code"] == 47 and vm.status is VmStatus.UP
 
 
-@pytest.mark.parametrize("window", ["never sent", "reply not recorded"])
+WINDOWS = ["never sent", "reply not recorded", "saving, VM seen Up", "saved, VM seen Up"]
+
+
+@pytest.mark.parametrize("window", WINDOWS)
 async def test_restart_between_hibernating_and_the_reply(
     tmp_path: Path, window: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -68,6 +73,8 @@ async def test_restart_between_hibernating_and_the_reply(
             vm = add_vm(s)
             if window == "never sent":
                 await _cancelled_save(s, vm)
+            if window == "saving, VM seen Up":
+                sim.cluster.hosts[VM_HOST].gate.hold()
             monkeypatch.setattr(
                 hibernate_vm,
                 "_critical",
@@ -76,16 +83,36 @@ async def test_restart_between_hibernating_and_the_reply(
             job = await s.submit("HibernateVm", {"vm": vm.vm_id})
             root = s.daemon.executor.root_of(job)
             await until(s, job.id, lambda: bool(root.data.get("hibernating")))
-            if window == "reply not recorded":
-                await until_sim(lambda: vm.migrating)
+            if window != "never sent":
+                await until_sim(lambda: vm.migrating or vm.status is VmStatus.DOWN)
+            if window == "saved, VM seen Up":
+                await until_sim(lambda: vm.status is VmStatus.DOWN)
         monkeypatch.undo()
         first_save = vm.migration
+        if window.endswith("VM seen Up"):
+            # VDSM answers VM.hibernate before its save thread pauses the VM: a restart may
+            # ask the host in between and see the VM Up; the second VM.hibernate then gets 51
+            # (the save runs) or 1 (noVM: it is over, the VM Down)
+            real_info = VdsmHost.vm_info
+            seen: list[str] = []
+
+            async def up_once(host: VdsmHost, vm_id: str) -> dict[str, Any]:
+                stats = await real_info(host, vm_id)
+                if vm_id == vm.vm_id and not seen:
+                    seen.append(stats["status"])
+                    return {**stats, "status": "Up"}
+                return stats
+
+            monkeypatch.setattr(VdsmHost, "vm_info", up_once)
         async with running_stack(tmp_path, sim=sim) as s:
             job = s.daemon.registry.jobs[job.id]
             assert job.status is JobStatus.STARTED
+            if window == "saving, VM seen Up":
+                await until(s, job.id, lambda: bool(seen))
+                sim.cluster.hosts[VM_HOST].gate.open()
             job = await s.wait_job(job)
             assert job.status is JobStatus.FINISHED, job.error
-            if window == "reply not recorded":
+            if window != "never sent":
                 assert vm.migration is first_save  # waited for, not started a second time
             assert vm.exit_info is not None and vm.exit_info["exitReason"] == 5
             assert sorted(memory_volumes(s).values()) == [vm.vm_id, vm.vm_id]

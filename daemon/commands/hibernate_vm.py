@@ -304,8 +304,13 @@ class HibernateVm(CommandBase):
         vm, host = self.params["vm"], self.data("host")
         try:
             await self.vdsm(host).migrate_cancel(vm)
+        except (ClientTimeout, ConnectionLost, RecoveryInProgress):
+            raise  # the host did not answer: the coordinator retries
         except VdsmCallError as e:
-            if e.vdsm_code not in (1, 47):  # gone / nothing to abort (saved, or never started)
+            # 1: gone; 47: nothing to abort (saved, or never started). Any other code is, as
+            # VDSM answers once a save failed by itself, that save's own error: the VM's
+            # status below tells; only a VM still saving makes the refusal stand.
+            if e.vdsm_code not in (1, 47) and await self._still_saving():
                 raise
         while True:
             try:
@@ -326,6 +331,15 @@ class HibernateVm(CommandBase):
                     await self.ctx.executor.vms.wait_for(
                         vm, lambda copies: _settled(copies.get(host))
                     )
+
+    async def _still_saving(self) -> bool:
+        try:
+            stats = await self.vdsm(self.data("host")).vm_info(self.params["vm"])
+        except VdsmCallError as e:
+            if e.vdsm_code != NO_VM:
+                raise
+            return False  # gone: the loop in `_stop_saving` reports it down
+        return stats.get("status") == "Saving State"
 
     async def _migration_code(self) -> int:
         status = await self.vdsm(self.data("host")).migration_status(self.params["vm"])

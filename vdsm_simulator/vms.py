@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 from vdsm_simulator.clock import SimClock
 from vdsm_simulator.errors import (
+    CodedError,
     GeneralException,
     MigrationCancelationFailed,
     MigrationError,
@@ -88,6 +89,7 @@ MIGRATION_CANCELED = (47, "Migration canceled")  # migCancelErr with VDSM's mess
 MIGRATE_ERR = (MigrationError.code, MigrationError.msg)  # errCode['migrateErr']
 DEFAULT_SAVE_MBPS = 100.0  # MiB/s libvirt's save writes a hibernating VM's memory at (the sim's)
 HIBERNATION_STARTING = "Hibernation process starting"  # API.hibernate rewrites the status text
+MIGRATION_PROCESS_CANCELLED = "Migration process cancelled"  # Vm.migrateCancel's rewrite
 
 
 class SaveGate(Protocol):
@@ -413,7 +415,9 @@ class VmFleet:
         """VM.migrateCancel: the running migration stops, the VM stays Up on the source.
 
         As VDSM: with no migration running, the cancel succeeds quietly unless a previous
-        migration had reached the transfer (libvirt then has no job to abort): code 47.
+        migration had reached the transfer (libvirt then has no job to abort): code 47, as for
+        a VM Down. After a save that failed or was aborted (VM Up) it answers that save's error
+        code with the text "Migration process cancelled".
         """
         vm = self._vm(host, vm_id)
         mig = vm.migration
@@ -422,10 +426,17 @@ class VmFleet:
                 mig.stop_reason = MIGRATION_CANCELED
             mig.stop.set()
             self._spawn(self._wake_slot_waiters(host))
-        elif mig.transfer_started or vm.status == VmStatus.DOWN:
-            raise MigrationCancelationFailed()
-        if mig.status[0] == 0:
-            mig.status = (0, "Migration process cancelled")
+        elif vm.status == VmStatus.DOWN:
+            raise MigrationCancelationFailed()  # the domain is only Defined: NotConnectedError
+        elif mig.transfer_started and not mig.hibernating:
+            raise MigrationCancelationFailed()  # libvirt's "no job" once migrateToURI3 ran
+        # VDSM answers the source thread's status with its message rewritten. A save never
+        # clears _preparingMigrationEvt, so libvirt's "no job" after a save that failed or was
+        # aborted is swallowed too: the answer is that save's own error (47, 12, ...).
+        code = mig.status[0]
+        mig.status = (code, MIGRATION_PROCESS_CANCELLED)
+        if code != 0:
+            raise CodedError(code, MIGRATION_PROCESS_CANCELLED)
 
     def get_migration_status(self, host: str, vm_id: str) -> dict[str, Any]:
         """VM.getMigrationStatus: the Bridge's `migrationStats`."""
@@ -615,9 +626,13 @@ class VmFleet:
     async def _acquire_slot(self, host: str, mig: OutgoingMigration) -> bool:
         """VDSM's ongoingMigrations semaphore; False when cancelled while waiting."""
         cond = self._slot_freed.setdefault(host, asyncio.Condition())
-        limit = self._outgoing_limit.get(host, self.max_outgoing)
+
+        def free() -> bool:  # the limit is read at each wake-up: it may have been raised
+            limit = self._outgoing_limit.get(host, self.max_outgoing)
+            return self._outgoing.get(host, 0) < limit
+
         async with cond:
-            await cond.wait_for(lambda: mig.stop.is_set() or self._outgoing.get(host, 0) < limit)
+            await cond.wait_for(lambda: mig.stop.is_set() or free())
             if mig.stop.is_set():
                 return False
             self._outgoing[host] = self._outgoing.get(host, 0) + 1
@@ -628,6 +643,11 @@ class VmFleet:
         async with cond:
             self._outgoing[host] -= 1
             cond.notify_all()
+
+    async def raise_outgoing_limit(self, host: str, limit: int) -> None:
+        """Let `limit` migrations (or saves) leave `host` at once, waking those waiting."""
+        self._outgoing_limit[host] = limit
+        await self._wake_slot_waiters(host)
 
     async def _wake_slot_waiters(self, host: str) -> None:
         cond = self._slot_freed.setdefault(host, asyncio.Condition())

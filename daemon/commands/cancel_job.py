@@ -49,7 +49,49 @@ class CancelJob(CommandBase):
             raise CommandFailed("a CancelJob cannot cancel itself")
 
     async def execute(self) -> None:
+        """Nothing: the request is sent from `wait`, which a restart resumes (a restart in
+        execute fails the job, which would disown a cancel already committed on the target)."""
+
+    async def wait(self) -> None:
         target = self._target()
+        await self._request(target)
+        while target.status not in model.JOB_TERMINAL:
+            await self.registry.wait_changed(target.id)
+        summary = cancel_summary(self.registry.job_view(target.id), target)
+        await self.remember(summary=summary)
+        if target.status is not JobStatus.ABORTED:
+            raise CommandFailed(
+                f"job {target.id} ended {target.status.value}, not by the cancel"
+                + (f": {target.error}" if target.error else "")
+            )
+
+    def _tag(self) -> str:
+        return f"[CancelJob {self.job.id}]"
+
+    async def _request(self, target: Job) -> None:
+        """Hand the cancel to the coordinator once, and remember its answer.
+
+        After a restart between the coordinator's commit and that answer, the target's cancel
+        record carries this job's tag: the cancel was ours and is not asked again (it would
+        now read "already cancelling", or "already ended" once the target ended).
+        """
+        refused = self.data("refused")
+        if refused is not None:
+            raise CommandFailed(
+                f"cancel of job {target.id} refused ({refused['code']}): {refused['reason']}"
+            )
+        if self.data("decision") is not None:
+            return
+        if target.cancel is not None and self._tag() in target.cancel.reason:
+            await self.remember(
+                decision={
+                    "accepted": True,
+                    "status": 202,
+                    "reason": "accepted (recovered after a restart)",
+                    "mode": target.cancel.mode.value,
+                }
+            )
+            return
         coordinator = self.ctx.executor.cancels
         if coordinator is None:
             raise Unavailable("the cancel coordinator is not running")
@@ -58,7 +100,7 @@ class CancelJob(CommandBase):
             decision = await coordinator.cancel(
                 target.id,
                 mode=CancelMode(self.params["mode"]),
-                reason=f"{reason} [CancelJob {self.job.id}]".lstrip(),
+                reason=f"{reason} {self._tag()}".lstrip(),
                 requester=self.job.owner,
             )
         except CancelRefused as e:
@@ -72,18 +114,6 @@ class CancelJob(CommandBase):
                 "mode": decision.mode.value if decision.mode else None,
             }
         )
-
-    async def wait(self) -> None:
-        target = self._target()
-        while target.status not in model.JOB_TERMINAL:
-            await self.registry.wait_changed(target.id)
-        summary = cancel_summary(self.registry.job_view(target.id), target)
-        await self.remember(summary=summary)
-        if target.status is not JobStatus.ABORTED:
-            raise CommandFailed(
-                f"job {target.id} ended {target.status.value}, not by the cancel"
-                + (f": {target.error}" if target.error else "")
-            )
 
     async def end_action(self) -> dict[str, Any]:
         return dict(self.data("summary") or {})

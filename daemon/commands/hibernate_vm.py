@@ -37,6 +37,8 @@ from daemon.vdsm.errors import (
 from daemon.vdsm.verbs import VdsmHost
 
 MIB = 1024 * 1024
+MIGRATION_IN_PROGRESS = 51  # VDSM's migInProgress: a migration (or save) of the VM runs
+NO_VM = 1  # VDSM's noVM: the VM is not on the host, or Down
 DUMP_OVERHEAD_MB = 200  # the engine sizes the dump as the VM's memory + 200 MiB (+ video RAM)
 METADATA_BYTES = 10 * 1024  # MemoryUtils.METADATA_SIZE_IN_BYTES
 
@@ -109,6 +111,8 @@ class HibernateVm(CommandBase):
         pool, domain, vm = d["pool"], d["domain"], self.params["vm"]
         dump_size = (int(d["memory_mb"]) + DUMP_OVERHEAD_MB) * MIB
 
+        # As MemoryUtils: the dump is RAW, sparse on file domains (the engine preallocates it on
+        # block ones; every simulated pool is NFS); the small metadata volume is preallocated.
         def dump(host: VdsmHost) -> Awaitable[str]:
             return host.create_volume(
                 pool, domain, d["dump_image"], d["dump_volume"], dump_size,
@@ -119,7 +123,7 @@ class HibernateVm(CommandBase):
         def metadata(host: VdsmHost) -> Awaitable[str]:
             return host.create_volume(
                 pool, domain, d["meta_image"], d["meta_volume"], METADATA_BYTES,
-                fmt="RAW", prealloc="SPARSE", disk_type="MEMM",
+                fmt="RAW", prealloc="PREALLOCATED", disk_type="MEMM",
                 desc=f"metadata for hibernation of VM {vm}",
             )  # fmt: skip
 
@@ -144,18 +148,37 @@ class HibernateVm(CommandBase):
             await self.remember(step=step.id)
         if not self.data("hibernate_sent") and not await self._save_under_way():
             await self.remember(hibernating=True)  # from here a cancel sends VM.migrateCancel
-            await _critical(self.vdsm(host).hibernate_vm(vm, self.handle()))
+            try:
+                await _critical(self.vdsm(host).hibernate_vm(vm, self.handle()))
+            except VdsmCallError as e:
+                resent = self.data("hibernate_resent")
+                if e.vdsm_code not in (MIGRATION_IN_PROGRESS, NO_VM) or not resent:
+                    raise
+                # The first VM.hibernate's save had not left Up when we asked and now runs (51)
+                # or is over, the VM Down or gone (1): `_wait_saved` reads which.
             await self.remember(hibernate_sent=True)
         await self._wait_saved()
         self._end_step(StepStatus.FINISHED)
 
     async def _save_under_way(self) -> bool:
-        """After a restart mid-send: did VM.hibernate reach the host? A VM no longer Up, or Up
-        again after a save that failed, tells it did; `_wait_saved` then reads the outcome."""
+        """After a restart mid-send: did VM.hibernate reach the host? A VM no longer Up tells
+        it did; `_wait_saved` then reads the outcome.
+
+        A VM Up gets VM.hibernate again. Its migration status cannot tell whether our verb
+        reached it: VDSM keeps the last migration's status on the VM, so an earlier save that
+        was cancelled or failed (another job's) reads as ours. Sending again is safe either
+        way: a save of ours that failed left the VM Up and is simply retried, one that was
+        cancelled was cancelled by a committed cancel, which the coordinator resumes instead of
+        this wait, and one still starting refuses the second verb (MIGRATION_IN_PROGRESS,
+        or NO_VM once it is over).
+        """
         if not self.data("hibernating"):
             return False
         stats = await self.vdsm(self.data("host")).vm_info(self.params["vm"])
-        return stats.get("status") != "Up" or await self._migration_code() != 0
+        if stats.get("status") != "Up":
+            return True
+        await self.remember(hibernate_resent=True)
+        return False
 
     async def _wait_saved(self) -> None:
         vm, host = self.params["vm"], self.data("host")
@@ -281,8 +304,13 @@ class HibernateVm(CommandBase):
         vm, host = self.params["vm"], self.data("host")
         try:
             await self.vdsm(host).migrate_cancel(vm)
+        except (ClientTimeout, ConnectionLost, RecoveryInProgress):
+            raise  # the host did not answer: the coordinator retries
         except VdsmCallError as e:
-            if e.vdsm_code not in (1, 47):  # gone / nothing to abort (saved, or never started)
+            # 1: gone; 47: nothing to abort (saved, or never started). Any other code is, as
+            # VDSM answers once a save failed by itself, that save's own error: the VM's
+            # status below tells; only a VM still saving makes the refusal stand.
+            if e.vdsm_code not in (1, 47) and await self._still_saving():
                 raise
         while True:
             try:
@@ -303,6 +331,15 @@ class HibernateVm(CommandBase):
                     await self.ctx.executor.vms.wait_for(
                         vm, lambda copies: _settled(copies.get(host))
                     )
+
+    async def _still_saving(self) -> bool:
+        try:
+            stats = await self.vdsm(self.data("host")).vm_info(self.params["vm"])
+        except VdsmCallError as e:
+            if e.vdsm_code != NO_VM:
+                raise
+            return False  # gone: the loop in `_stop_saving` reports it down
+        return stats.get("status") == "Saving State"
 
     async def _migration_code(self) -> int:
         status = await self.vdsm(self.data("host")).migration_status(self.params["vm"])

@@ -15,7 +15,7 @@ from daemon.engine.command import CommandBase, CommandFailed
 from daemon.engine.policy import ActionSpec, CancelPolicy, Param
 from daemon.errors import Conflict, NotFound
 from daemon.model import CancelMode, HostStatus, LockKind, Step, StepStatus, StepType
-from daemon.vdsm.errors import VdsmCallError
+from daemon.vdsm.errors import ClientTimeout, ConnectionLost, RecoveryInProgress, VdsmCallError
 
 
 async def locate_vm(cmd: CommandBase, vm_id: str) -> str | None:
@@ -115,9 +115,10 @@ class MigrateVm(CommandBase):
             return []  # never started: nothing to cancel
         try:
             await self.vdsm(src).migrate_cancel(vm)
-        except VdsmCallError as e:
-            if e.vdsm_code not in (1, 47):  # gone from the source / no migration in progress
-                raise
+        except (ClientTimeout, ConnectionLost, RecoveryInProgress):
+            raise  # no answer: the coordinator retries
+        except VdsmCallError:
+            pass  # gone (1), nothing to abort (47), or a migration that failed: its own code
         while True:
             copies = self.ctx.executor.vms.where(vm)
             if dst in copies and copies[dst].status == "Up":

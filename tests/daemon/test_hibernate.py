@@ -85,9 +85,13 @@ async def test_hibernate_runs_to_the_end(tmp_path: Path) -> None:
         assert vm.exit_info["exitReason"] == 5
         assert vm_status(s, vm) is None
         assert memory_volumes(s) == {dump["volume"]: vm.vm_id, meta["volume"]: vm.vm_id}
-        sizes = {v.disktype: v.capacity for v in s.sim.cluster.storage.pools[s.pool].domains[
-            s.domains[0]].volumes.values()}  # fmt: skip
-        assert sizes["MEMD"] == (1024 + 200) * 1024 * 1024
+        volumes = s.sim.cluster.storage.pools[s.pool].domains[s.domains[0]].volumes.values()
+        sizes = {v.disktype: (v.capacity, v.format, v.allocation) for v in volumes}
+        # as the engine's MemoryUtils: RAW, the dump sparse on a file domain, metadata preallocated
+        assert sizes["MEMD"] == ((1024 + 200) * 1024 * 1024, "RAW", "SPARSE")
+        meta_size, *meta_kind = sizes["MEMM"]
+        assert 10 * 1024 <= meta_size <= 16 * 1024  # 10 KiB, rounded up by the domain
+        assert meta_kind == ["RAW", "PREALLOCATED"]
         assert_settled(s, job.id)
 
 
@@ -329,3 +333,42 @@ async def test_a_host_that_cannot_answer_while_saving_is_waited_for(
         job = await s.wait_job(job)
         assert job.status is JobStatus.FINISHED, job.error
         assert sorted(memory_volumes(s).values()) == [vm.vm_id, vm.vm_id]
+
+
+async def test_a_save_that_failed_before_the_cancel_is_a_resumed_vm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The save fails by itself (its memory volume vanished) while the daemon has not heard;
+    then a cancel: VM.migrateCancel answers that save's own error (12), as VDSM does. The
+    cancel reads the VM's state, Up, and ends the job ABORTED instead of failing on the 12."""
+    monkeypatch.setattr(HibernateVm, "poll_seconds", 3600.0)
+    async with running_stack(tmp_path) as s:
+        fleet = s.sim.cluster.fleet
+        fleet.max_outgoing = 0  # the save waits for an outgoing slot, "Saving State"
+        polls: list[dict[str, Any]] = []
+        real = VdsmHost.migration_status
+
+        async def counted(host: VdsmHost, vm_id: str) -> dict[str, Any]:
+            polls.append(await real(host, vm_id))
+            return polls[-1]
+
+        monkeypatch.setattr(VdsmHost, "migration_status", counted)
+        vm = add_vm(s)
+        job = await s.submit("HibernateVm", {"vm": vm.vm_id})
+        root = s.daemon.executor.root_of(job)
+        await until_sim(lambda: bool(polls))  # the daemon saw the save under way, then sleeps
+        assert vm.status is VmStatus.SAVING_STATE
+        hosts = s.daemon.hosts
+        hosts.on_vm_event.clear()
+        hosts.on_vm_report.clear()
+        dump = root.data["dump_volume"]
+        s.sim.cluster.storage.remove_volume(s.pool, root.data["domain"], dump)
+        await fleet.raise_outgoing_limit(VM_HOST, 2)
+        await until_sim(lambda: vm.status is VmStatus.UP)
+        assert fleet.get_migration_status(VM_HOST, vm.vm_id)["status"]["code"] == 12
+        await s.daemon.cancels.cancel(job.id, mode=CancelMode.STOP, requester=1000)
+        job = await s.wait_job(job)
+        assert job.status is JobStatus.ABORTED, job.error
+        assert vm_status(s, vm) == "Up" and not vm.migrating
+        assert ("SAVING_STATE", "ABORTED", []) in step_types(s, job.id)
+        assert list(memory_volumes(s).values()) == [""]  # the metadata volume, unused

@@ -13,7 +13,12 @@ from tests.conftest import Control, DataCenter, RawFactory, wait_for_async
 from tests.sim.conftest import EventRecorder, wait_until
 from tests.sim.stomp_client import RpcError
 from vdsm_simulator.clock import SimClock
-from vdsm_simulator.errors import GeneralException, MigrationCancelationFailed, NoSuchVM
+from vdsm_simulator.errors import (
+    CodedError,
+    GeneralException,
+    MigrationCancelationFailed,
+    NoSuchVM,
+)
 from vdsm_simulator.events import EventBus
 from vdsm_simulator.host import JobGate
 from vdsm_simulator.storage import Storage, Volume
@@ -133,8 +138,13 @@ async def test_migrate_cancel_while_saving_resumes_the_vm(b: Bench) -> None:
         "message": "Migration canceled",
     }
     assert (b.state.used_by, b.meta.used_by) == ("", "")
-    with pytest.raises(MigrationCancelationFailed):  # libvirt has no job to abort any more
+    # VDSM never clears _preparingMigrationEvt for a save: libvirt's "no job" is swallowed and
+    # the answer is the aborted save's status, its text rewritten
+    with pytest.raises(CodedError) as again:
         b.fleet.migrate_cancel("host1", VM)
+    assert again.value.info() == {"code": 47, "message": "Migration process cancelled"}
+    assert b.fleet.get_migration_status("host1", VM)["status"] == again.value.info()
+    assert status_of(vm) is VmStatus.UP
 
 
 async def test_migrate_cancel_while_waiting_for_a_slot(b: Bench) -> None:
@@ -159,6 +169,20 @@ async def test_missing_memory_volume_fails_the_save_asynchronously(b: Bench) -> 
         "message": "Fatal error during migration",
     }
     assert b.state.used_by == ""
+    with pytest.raises(CodedError) as cancel:  # the failed save's own code answers
+        b.fleet.migrate_cancel("host1", VM)
+    assert cancel.value.info() == {"code": 12, "message": "Migration process cancelled"}
+
+
+async def test_migrate_cancel_after_the_save_is_refused(b: Bench) -> None:
+    """The saved VM's domain is only Defined: abortJob raises NotConnectedError, 47."""
+    vm = up_vm(b)
+    b.fleet.hibernate("host1", VM, b.handle)
+    await wait_until(lambda: status_of(vm) is VmStatus.DOWN)
+    with pytest.raises(MigrationCancelationFailed) as refused:
+        b.fleet.migrate_cancel("host1", VM)
+    assert refused.value.info() == {"code": 47, "message": "Migration not in progress"}
+    assert b.fleet.get_migration_status("host1", VM)["status"]["message"] == "SaveState done"
 
 
 async def test_refusals_change_nothing(b: Bench) -> None:

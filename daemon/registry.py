@@ -550,7 +550,7 @@ class Registry:
                     ) in rows
                 ]
                 ids = [row[0] for row in rows]
-                jobs.update(zip(ids, chunk))
+                jobs.update(zip(ids, chunk, strict=True))
                 with_status.update(ids)
                 stored.update(ids)
                 for job in chunk:

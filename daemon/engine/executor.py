@@ -557,6 +557,11 @@ class Executor:
             resumed.append(job.id)
         return resumed
 
+    @property
+    def unresumed(self) -> int:
+        """Jobs resumed at start still waiting for their first step's turn."""
+        return sum(1 for turn in self._turns if not turn.done())
+
     def release_resumed(self) -> None:
         """Give the jobs `recover` deferred their turns, a chunk per pass of the event loop,
         so requests to the API are served between chunks."""

@@ -4,8 +4,7 @@ until their turn they must behave exactly as running jobs for a cancel and for a
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,34 +12,15 @@ import pytest
 
 from daemon.engine.executor import Executor
 from daemon.model import Job, JobStatus, TaskStatus
-from tests.daemon.stack import Stack, running_stack, start_sim
+from tests.daemon.stack import Stack, running_stack
+from tests.daemon.test_recovery import sim_clean, simulator, spm_of
 from tests.sim.conftest import wait_until
-from vdsm_simulator.app import Simulator
 
 Release = Callable[[Executor], None]
 
 
-@asynccontextmanager
-async def simulator() -> AsyncIterator[Simulator]:
-    sim = await start_sim()
-    try:
-        yield sim
-    finally:
-        await sim.stop()
-
-
-def spm_of(sim: Simulator) -> str:
-    pool = next(iter(sim.cluster.storage.pools.values()))
-    assert pool.spm_host is not None
-    return pool.spm_host
-
-
 def disk(s: Stack) -> dict[str, Any]:
     return {"pool": s.pool, "domain": s.domains[0], "size": 4096, "volume": str(uuid.uuid4())}
-
-
-def sim_clean(s: Stack) -> bool:
-    return all(table == [] for table in s.sim_tasks().values())
 
 
 async def waiting_jobs(s: Stack, count: int, held: Callable[[], int]) -> list[Job]:

@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CommandClass = type[CommandBase]
+_RESUMABLE = tuple(
+    s for s in JobStatus if s not in model.JOB_TERMINAL and s is not JobStatus.CANCELLING
+)
 RESUME_CHUNK = 250  # jobs given their first step per pass of the event loop after a restart
 
 
@@ -515,9 +518,13 @@ class Executor:
         before the turn finds the job as a running one in that phase would have left it. Every
         other phase resumes at once, as before."""
         resumed = []
-        for job in list(self.registry.jobs.values()):
-            if job.status in model.JOB_TERMINAL or job.status is JobStatus.CANCELLING:
-                continue  # cancelling jobs are the cancel coordinator's to resume
+        # Through the status index, not a walk of every job (90 % of them ended at 100,000),
+        # in the order they were created, as a walk of the load-ordered jobs would give.
+        # Cancelling jobs are the cancel coordinator's to resume.
+        jobs, by_status = self.registry.jobs, self.registry.by_status
+        waiting = [jobs[i] for s in _RESUMABLE for i in by_status.get(s, ())]
+        waiting.sort(key=lambda job: job.created_at)
+        for job in waiting:
             root = self.root_of(job)
             phase = root.data.get("phase", "validate")
             # debug: `_run_job` logs the resumed job at info when it runs (one line, not two)

@@ -7,7 +7,8 @@ STARTED and waiting for their task with the disk lock held, the rest FINISHED. A
 (multiprocessing spawn) starts a `Daemon` on that database, which loads every job into its
 registry (running ones whole, ended ones as their summary; their trees are read on first use)
 and resumes the active ones, with the API up, and reads its own VmRSS from
-/proc/self/status once the API answered. The baseline is the same start on an empty database.
+/proc/self/status once the API answered and every resumed job took its first step. The
+baseline is the same start on an empty database.
 RSS is what the kernel charges the process, including the allocator's free-but-kept pages
 (the peak of loading stays resident: Python rarely gives arenas back), so it is the honest
 figure for an operator.

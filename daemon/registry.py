@@ -461,6 +461,8 @@ class Registry:
     async def _load(self) -> None:
         jobs = self.jobs
         store = self.store
+        step_from_doc, command_from_doc = model.step_from_doc, model.command_from_doc
+        steps, commands = self.steps, self.commands
 
         def job_id_of(job_id: str) -> str:
             job = jobs.get(job_id)
@@ -471,38 +473,22 @@ class Registry:
                 job = model.job_from_doc(doc)
                 job.action = intern(job.action)
                 self._index_job(job)
-        owners: dict[int, int] = {}
-        by_correlation, stored = self.by_correlation, self._stored
-        for status in model.JOB_TERMINAL:
-            with_status = self.by_status[status]
-            async for rows in store.job_summaries(status.value):
-                for row in rows:
-                    job_id, action, correlation, owner, created, ended, updated = row[:7]
-                    description, error, cancel = row[7:]
-                    jobs[job_id] = Job(
-                        job_id,
-                        intern(action),
-                        {},  # read on first use, with the result
-                        owners.setdefault(owner, owner),
-                        correlation,
-                        intern(description),
-                        status,
-                        created,
-                        updated if updated is not None else created,
-                        ended,
-                        None,
-                        error,
-                        None if cancel is None else model.cancel_from_doc(json.loads(cancel)),
-                    )
-                    by_correlation[correlation].add(job_id)
-                    with_status.add(job_id)
-                    stored.add(job_id)
+        await self._load_summaries()
+        # The records of the active jobs, with `_add_step` / `_add_command` written out: a call
+        # per record is a measurable part of a 100,000-job start.
         async for docs in store.records_of_jobs_in("step", _ACTIVE):
             for doc in docs:
-                self._add_step(model.step_from_doc(doc), job_id_of)
+                step = step_from_doc(doc)
+                step.job_id = job_id_of(step.job_id)
+                if step.host is not None:
+                    step.host = intern(step.host)
+                dict.setdefault(steps, step.job_id, {})[step.id] = step
         async for docs in store.records_of_jobs_in("command", _ACTIVE):
             for doc in docs:
-                self._add_command(model.command_from_doc(doc), job_id_of)
+                command = command_from_doc(doc)
+                command.job_id = job_id_of(command.job_id)
+                command.action = intern(command.action)
+                dict.setdefault(commands, command.job_id, {})[command.id] = command
         async for docs in store.tasks_in(_UNSETTLED):
             for doc in docs:
                 self._add_task(model.task_from_doc(doc), job_id_of)
@@ -516,6 +502,59 @@ class Registry:
         async for doc in store.iter_load("host"):
             host = model.host_from_doc(doc)
             self.hosts[host.name] = host
+
+    async def _load_summaries(self) -> None:
+        """The ended jobs as their summary columns, a chunk of rows at a time.
+
+        Nine rows in ten of a large start: each chunk becomes Jobs in one comprehension from
+        rows already in `Job`'s field order, and the indexes take the chunk's ids in bulk
+        (`update`), which halves the Python work per row of a loop doing it one job at a time.
+        """
+        jobs, stored, by_correlation = self.jobs, self._stored, self.by_correlation
+        owners: dict[int, int] = {}  # one int object per uid, not one per job
+        owner_of = owners.setdefault
+
+        def cancel_of(text: str) -> CancelRecord:
+            return model.cancel_from_doc(json.loads(text))
+
+        for status in model.JOB_TERMINAL:
+            with_status = self.by_status[status]
+            async for rows in self.store.job_summaries(status.value):
+                chunk = [
+                    Job(
+                        job_id,
+                        intern(action),
+                        {},  # read on first use, with the result
+                        owner_of(owner, owner),
+                        correlation,
+                        intern(description),
+                        status,
+                        created,
+                        updated,
+                        ended,
+                        None,
+                        error,
+                        None if cancel is None else cancel_of(cancel),
+                    )
+                    for (
+                        job_id,
+                        action,
+                        owner,
+                        correlation,
+                        description,
+                        created,
+                        updated,
+                        ended,
+                        error,
+                        cancel,
+                    ) in rows
+                ]
+                ids = [row[0] for row in rows]
+                jobs.update(zip(ids, chunk, strict=True))
+                with_status.update(ids)
+                stored.update(ids)
+                for job in chunk:
+                    by_correlation[job.correlation_id].add(job.id)
 
     def _index_job(self, job: Job) -> None:
         self.jobs[job.id] = job

@@ -1,7 +1,8 @@
 """`taskmgrd`: wiring of the daemon, its lifecycle, and the command line.
 
 One process, one event loop: store → registry → hosts → executor → API. Start-up loads every job
-from SQLite, reconnects to the hosts, resumes what was running, and only then opens the API; a
+from SQLite, reconnects to the hosts, resumes what was running (jobs that were waiting for their
+tasks take their first step just after the API opens), and only then opens the API; a
 stop closes the API first, lets the store write what it holds, and leaves running jobs to resume
 on the next start. Life as a systemd service (sd_notify, watchdog, SIGHUP reload, the bounded
 stop) is `daemon.lifecycle`; logging is `daemon.logs`.
@@ -78,6 +79,9 @@ class Daemon:
                 group=self.config.daemon.socket_group,
                 inherited=inherited.sock if inherited else None,
             )
+        # Only now do the resumed jobs that were waiting for their tasks take their first steps
+        # (a chunk per loop pass, see Executor.recover): readiness does not wait for them.
+        self.executor.release_resumed()
 
     async def add_configured_host(self, entry: HostEntry) -> None:
         """A [[hosts]] entry, through the same path as POST /api/v1/hosts (start and reload)."""

@@ -36,7 +36,7 @@ Kind = Literal["job", "step", "command", "task", "lock", "host", "purge", "barri
 
 # Each table keeps the record as a JSON document plus the columns queries and restarts need. A
 # job's columns are everything its summary shows, so a start reads ended jobs without decoding
-# their documents (`iter_job_summaries`).
+# their documents (`job_summaries`).
 _JOB_COLUMNS = (
     "status",
     "action",
@@ -96,9 +96,10 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-# A stored job as `iter_job_summaries` yields it: the columns above but its status, the cancel
-# still JSON.
-JobSummaryRow = tuple[str, str, str, int, float, float | None, float | None, str, str, str | None]
+# A stored job as `job_summaries` yields it: the columns above but its status, in the order of
+# `Job`'s fields (id, action, owner, correlation_id, description, created_at, updated_at,
+# ended_at, error) so the registry builds each Job positionally; the cancel still JSON.
+JobSummaryRow = tuple[str, str, int, str, str, float, float, float | None, str, str | None]
 
 
 class StoreError(RuntimeError):
@@ -307,8 +308,10 @@ class Store:
     ) -> AsyncIterator[list[dict[str, Any]]]:
         """Steps, commands, tasks or locks of the jobs in one of `job_statuses`."""
         table, _ = _TABLES[kind]
+        # CROSS JOIN keeps SQLite's join order: the few active jobs first, then their records
+        # through the job_id index (never the other way round, whatever the statistics say).
         sql = (
-            f"SELECT r.doc FROM jobs j JOIN {table} r ON r.job_id = j.id "
+            f"SELECT r.doc FROM jobs j CROSS JOIN {table} r ON r.job_id = j.id "
             f"WHERE j.status IN ({_marks(job_statuses)})"
         )
         async for rows in self._chunks(sql, tuple(job_statuses)):
@@ -318,17 +321,26 @@ class Store:
         self, statuses: Collection[str], *, job_statuses: Collection[str] = ()
     ) -> AsyncIterator[list[dict[str, Any]]]:
         """The tasks in one of `statuses`, of any job or of jobs in one of `job_statuses`."""
-        sql = f"SELECT doc FROM tasks WHERE status IN ({_marks(statuses)})"
         if job_statuses:
-            sql += f" AND job_id IN (SELECT id FROM jobs WHERE status IN ({_marks(job_statuses)}))"
-        async for rows in self._chunks(sql, (*statuses, *job_statuses)):
+            # From the jobs side (CROSS JOIN fixes the order): the settled tasks of the active
+            # jobs are few, but SQLite otherwise walked every settled task of every ended job
+            # through tasks_status (0.2 s of CPU at 100,000 jobs, for no row at all).
+            sql = (
+                f"SELECT t.doc FROM jobs j CROSS JOIN tasks t ON t.job_id = j.id "
+                f"WHERE j.status IN ({_marks(job_statuses)}) AND t.status IN ({_marks(statuses)})"
+            )
+            params: tuple[str, ...] = (*job_statuses, *statuses)
+        else:
+            sql = f"SELECT doc FROM tasks WHERE status IN ({_marks(statuses)})"
+            params = tuple(statuses)
+        async for rows in self._chunks(sql, params):
             yield [_loads(doc) for (doc,) in rows]
 
     async def job_summaries(self, status: str) -> AsyncIterator[list[JobSummaryRow]]:
         """The jobs in `status` as their summary columns (no document decoded)."""
         sql = (
-            "SELECT id, action, correlation_id, owner, created_at, ended_at, updated_at,"
-            " description, error, cancel FROM jobs WHERE status = ?"
+            "SELECT id, action, owner, correlation_id, description, created_at,"
+            " coalesce(updated_at, created_at), ended_at, error, cancel FROM jobs WHERE status = ?"
         )
         async for rows in self._chunks(sql, (status,)):
             yield rows

@@ -125,15 +125,20 @@ class CommandBase:
         await self.registry.save_command(self.record)
 
     def tasks(self, *, descendants: bool = False) -> list[Task]:
-        """This command's tasks; with `descendants`, also those of its child commands."""
+        """This command's tasks; with `descendants`, also those of its child commands.
+
+        Only the job's own tasks are looked at (a handful); without `descendants`, the common
+        case (every wait loop), no set of owners is built."""
+        if not descendants:
+            own = self.record.id
+            return [t for t in self.registry.job_tasks(self.job.id) if t.command_id == own]
         owners = {self.record.id}
-        if descendants:
-            commands = self.registry.commands.get(self.job.id, {}).values()
-            grew = True
-            while grew:
-                found = {c.id for c in commands if c.parent_id in owners}
-                grew = not found <= owners
-                owners |= found
+        commands = self.registry.commands.get(self.job.id, {}).values()
+        grew = True
+        while grew:
+            found = {c.id for c in commands if c.parent_id in owners}
+            grew = not found <= owners
+            owners |= found
         return [t for t in self.registry.job_tasks(self.job.id) if t.command_id in owners]
 
     async def start_task(

@@ -235,31 +235,16 @@ class Store:
         assert self._db is not None
         started = time.perf_counter()
         try:
-            await self._db.execute("BEGIN IMMEDIATE")
-            for kind, rows in _group(batch):
-                if kind == "purge":
-                    ids = [(k,) for k, _ in rows]
-                    for table in ("steps", "commands", "tasks", "locks"):
-                        await self._db.executemany(f"DELETE FROM {table} WHERE job_id = ?", ids)
-                    await self._db.executemany("DELETE FROM jobs WHERE id = ?", ids)
-                    continue
-                table, columns = _TABLES[kind]
-                upserts = [(k, d) for k, d in rows if d is not None]
-                deletes = [(k,) for k, d in rows if d is None and k]
-                if upserts:
-                    names = ", ".join(("id", *columns, "doc"))
-                    marks = ", ".join("?" * (len(columns) + 2))
-                    await self._db.executemany(
-                        f"INSERT OR REPLACE INTO {table} ({names}) VALUES ({marks})",
-                        [(k, *(_column(d, c) for c in columns), _dumps(d)) for k, d in upserts],
-                    )
-                if deletes:
-                    await self._db.executemany(f"DELETE FROM {table} WHERE id = ?", deletes)
-            await self._db.execute("COMMIT")
+            statements = _statements(batch)
+            # The whole transaction is one function on aiosqlite's worker thread rather than one
+            # awaited `execute`/`executemany` per statement: each of those is a round trip
+            # through the event loop (a future, a wake-up, a GIL hand-over), about seven per
+            # commit, and a busy loop made every commit wait for it seven times. aiosqlite has
+            # no public call for "run this on the connection's thread", so this uses its
+            # `_execute`, the one every public method goes through.
+            await self._db._execute(_run_transaction, self._db._conn, statements)
         except Exception as e:
             log.exception("store commit of %d changes failed", len(batch))
-            with contextlib.suppress(Exception):
-                await self._db.execute("ROLLBACK")
             self._failed = e
             for op in batch:
                 if op.done is not None and not op.done.done():
@@ -425,6 +410,51 @@ def _dumps(doc: Any) -> str:
         return orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS).decode()
     except TypeError:  # orjson.JSONEncodeError is a TypeError
         return json.dumps(doc)
+
+
+# A transaction as the writer thread runs it: (SQL, rows) for one executemany each, in order.
+Statements = list[tuple[str, list[tuple[Any, ...]]]]
+
+
+def _statements(batch: list[_Op]) -> Statements:
+    """The batch's SQL and rows, built (and the documents encoded) on the event loop's thread:
+    the documents belong to records the loop keeps changing."""
+    statements: Statements = []
+    for kind, rows in _group(batch):
+        if kind == "purge":
+            ids = [(k,) for k, _ in rows]
+            for table in ("steps", "commands", "tasks", "locks"):
+                statements.append((f"DELETE FROM {table} WHERE job_id = ?", ids))
+            statements.append(("DELETE FROM jobs WHERE id = ?", ids))
+            continue
+        table, columns = _TABLES[kind]
+        upserts = [(k, d) for k, d in rows if d is not None]
+        deletes = [(k,) for k, d in rows if d is None and k]
+        if upserts:
+            names = ", ".join(("id", *columns, "doc"))
+            marks = ", ".join("?" * (len(columns) + 2))
+            statements.append(
+                (
+                    f"INSERT OR REPLACE INTO {table} ({names}) VALUES ({marks})",
+                    [(k, *(_column(d, c) for c in columns), _dumps(d)) for k, d in upserts],
+                )
+            )
+        if deletes:
+            statements.append((f"DELETE FROM {table} WHERE id = ?", deletes))
+    return statements
+
+
+def _run_transaction(db: sqlite3.Connection, statements: Statements) -> None:
+    """One group commit, run on the writer connection's thread; rolled back on any error."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for sql, rows in statements:
+            db.executemany(sql, rows)
+        db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
 
 
 def _marks(values: Collection[Any]) -> str:

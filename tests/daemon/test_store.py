@@ -158,3 +158,20 @@ def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
     with sqlite3.connect(db) as conn:
         stored = {row[0] for row in conn.execute("SELECT id FROM jobs")}
     assert {f"j{i}" for i in range(acked + 1)} <= stored
+
+
+async def test_a_failed_group_commit_writes_none_of_its_changes(tmp_path: Path) -> None:
+    store = Store(tmp_path / "t.db")
+    await store.open()
+    step = store.put_nowait("step", "s1", {"id": "s1", "job_id": "j1"})
+    bad_job = store.put_nowait("job", "j1", {"id": "j1"})  # NOT NULL columns missing
+    for waiting in (step, bad_job):
+        with pytest.raises(StoreError, match="commit failed"):
+            await waiting
+    with pytest.raises(StoreError, match="store is failed"):
+        store.put_nowait("step", "s2", {"id": "s2", "job_id": "j1"})
+    await store.close()
+    store = Store(tmp_path / "t.db")
+    await store.open()
+    assert await store.load("step") == []  # rolled back with the job that failed
+    await store.close()

@@ -63,6 +63,7 @@ class StompRpcClient:
         self._pending: dict[str, asyncio.Future[Any]] = {}
         self._connecting: asyncio.Lock | None = None
         self._listeners: list[EventCallback] = []
+        self._outgoing: list[bytes] = []  # frames to send at the end of this loop iteration
         self.connects = 0
 
     @property
@@ -192,6 +193,7 @@ class StompRpcClient:
 
     async def _teardown(self, reason: VdsmCallError, *, from_reader: bool = False) -> None:
         writer, self._writer = self._writer, None
+        self._outgoing = []  # their calls fail below
         current = asyncio.current_task()
         for task in self._tasks:
             if task is not current:
@@ -225,7 +227,19 @@ class StompRpcClient:
             "reply-to": self.response_destination,
             **(headers or {}),
         }
-        self._writer.write(encode_frame(Frame("SEND", frame_headers, body)))
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._flush, self._writer)
+        self._outgoing.append(encode_frame(Frame("SEND", frame_headers, body)))
+
+    def _flush(self, writer: asyncio.StreamWriter) -> None:
+        """Send the frames queued in one loop iteration with one write (one `send` system
+        call): a batch of a hundred jobs calls a host a hundred times at once, and a system
+        call per frame was a tenth of the daemon's CPU per simple job. A frame waits at most
+        for the callbacks already scheduled; the order of the frames is kept."""
+        frames, self._outgoing = self._outgoing, []
+        if writer is self._writer and not writer.is_closing():
+            writer.write(b"".join(frames))
+        # else: the connection broke meanwhile; `_teardown` failed every call these carried
 
     async def call(
         self,

@@ -319,7 +319,12 @@ def to_doc(record: Record) -> dict[str, Any]:
     """A JSON-ready dict of a record (enums are str subclasses and serialize as their value)."""
     names, get = _getter(type(record))
     doc = dict(zip(names, get(record), strict=True))
-    if type(record) is Job and record.cancel is not None:
+    if type(record) is Command:
+        # A copy: the executor keeps writing the command's phase and results into `data`, and
+        # the document is this change's (an event a subscriber reads later, a row committed
+        # later); with the live dict both showed whatever the command held by then.
+        doc["data"] = dict(record.data)
+    elif type(record) is Job and record.cancel is not None:
         cnames, cget = _getter(CancelRecord)
         doc["cancel"] = dict(zip(cnames, cget(record.cancel), strict=True))
     return doc

@@ -183,7 +183,6 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-
 def _run(coro: Any) -> Any:
     try:
         import uvloop

@@ -62,7 +62,7 @@ from benchlib import (
 from daemon import model
 from daemon.config import HostEntry, PollingSection, load_config
 from daemon.model import CancelMode, Job, JobStatus, TaskStatus
-from daemon.service import Daemon
+from daemon.service import GC_THRESHOLDS, Daemon, tune_gc
 
 TARGET_P99_S = 1.0
 TASKS_PER_JOB = 3
@@ -337,6 +337,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: 10 pools, 100 jobs, 5 s tasks")
     p.add_argument("--check", action="store_true", help="exit 1 when the target is missed")
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
+    p.add_argument(
+        "--python-gc",
+        action="store_true",
+        help="what-if: keep Python's garbage collector settings instead of taskmgrd run's",
+    )
     args = p.parse_args(argv)
     defaults = (10, 100, 5.0) if args.quick else (50, 1000, 60.0)
     for key, default in zip(("pools", "jobs", "task_seconds"), defaults, strict=True):
@@ -348,6 +353,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     print(f"machine: {machine()}")
+    if args.python_gc:
+        print("what-if: Python's garbage collector settings (taskmgrd run: tune_gc)")
+    else:
+        tune_gc()  # as `taskmgrd run` does
+        print(f"gc: as taskmgrd run, frozen after imports, thresholds {GC_THRESHOLDS}")
     print(
         f"load: {args.pools} pools (one SPM host each), {args.jobs} CreateVm jobs of "
         f"{TASKS_PER_JOB} {args.preallocate} disks = {args.jobs * TASKS_PER_JOB} Volume.create "

@@ -57,7 +57,7 @@ from benchlib import (
 from daemon import model
 from daemon.config import HostEntry, PollingSection, load_config
 from daemon.model import Job, TaskStatus
-from daemon.service import Daemon
+from daemon.service import GC_THRESHOLDS, Daemon, tune_gc
 
 TARGET_P99_S = 1.0
 TARGET_CPU = 0.5  # cores
@@ -336,12 +336,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--gc-threshold",
-        help="what-if: gc.set_threshold(A,B,C) for this process (default: Python's 700,10,10)",
+        help="what-if: gc.set_threshold(A,B,C) for this process (default: taskmgrd run's)",
     )
     p.add_argument("--no-baseline", action="store_true", help="skip the 10 s polling baseline")
     p.add_argument("--quick", action="store_true", help="smoke run: 10 pools, 200 tasks of 3 s")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
+    p.add_argument(
+        "--python-gc",
+        action="store_true",
+        help="what-if: keep Python's garbage collector settings instead of taskmgrd run's",
+    )
     args = p.parse_args(argv)
     defaults = (10, 200, 3.0, 3.0) if args.quick else (100, 5000, 60.0, 30.0)
     for key, default in zip(("pools", "tasks", "task_seconds", "window"), defaults, strict=True):
@@ -355,6 +360,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     print(f"machine: {machine()}")
+    if args.python_gc:
+        print("what-if: Python's garbage collector settings (taskmgrd run: tune_gc)")
+    else:
+        tune_gc()  # as `taskmgrd run` does
+        print(f"gc: as taskmgrd run, frozen after imports, thresholds {GC_THRESHOLDS}")
     print(
         f"load: {args.pools} pools (one SPM host each), ~{args.tasks} concurrent CreateDisk tasks "
         f"of {args.task_seconds:g} s (submitted at {args.tasks / args.task_seconds:.0f} jobs/s), "
@@ -365,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.gc_threshold:
         a, b, c = (int(x) for x in args.gc_threshold.split(","))
         gc.set_threshold(a, b, c)
-        print(f"what-if: gc.set_threshold({a}, {b}, {c}) (shipped: Python's 700, 10, 10)")
+        print(f"what-if: gc.set_threshold({a}, {b}, {c}) (shipped: {GC_THRESHOLDS})")
     print(
         "method: task finish = wall time the simulator moved the task to 'finished' (hook in "
         "sim_finish_times.py); job end = the job's ended_at (FINISHED); latency = the difference"

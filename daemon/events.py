@@ -17,14 +17,16 @@ import collections
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
+    """One change. A named tuple rather than a frozen dataclass: every record change makes one,
+    and a frozen dataclass's `__init__` sets each field through `object.__setattr__` (three
+    times the cost)."""
+
     seq: int
     kind: str  # job, step, command, task, lock, host
     op: str  # created, updated, deleted

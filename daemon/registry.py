@@ -24,7 +24,7 @@ import itertools
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, ValuesView
 from typing import Any, TypeVar, overload
 
 from daemon import model
@@ -120,7 +120,13 @@ class Registry:
         self.by_vdsm_id: dict[tuple[str, str], str] = {}  # (host, vdsm task id) -> task id
         self.by_correlation: dict[str, set[str]] = collections.defaultdict(set)
         self.by_status: dict[JobStatus, set[str]] = collections.defaultdict(set)
-        self.locks: dict[str, list[Lock]] = {}  # entity -> holders
+        # entity -> its holders (read-only views of `_holding`, in the order they were taken)
+        self.locks: dict[str, ValuesView[Lock]] = {}
+        # entity -> holding job -> its lock: acquiring and releasing cost the same whether an
+        # entity has one holder or the thousands of shared ones a host gets in a burst of jobs
+        # (a list made both a scan of every holder: quadratic in the burst).
+        self._holding: dict[str, dict[str, Lock]] = {}
+        self._exclusive: dict[str, str] = {}  # entity -> the job holding it exclusively
         self._locks_by_job: dict[str, list[Lock]] = {}  # job -> its locks (release without scans)
         self._entity_seq: dict[str, int] = {}  # entity -> when it entered `locks` (its order)
         self._seq = itertools.count()
@@ -268,9 +274,15 @@ class Registry:
         self.commands[command.job_id][command.id] = command
         return self._emit("command", command.id, command, command.job_id, "created")
 
-    def set_command_status(self, command: Command, status: CommandStatus) -> asyncio.Future[None]:
+    def set_command_status(
+        self, command: Command, status: CommandStatus, *, data: dict[str, Any] | None = None
+    ) -> asyncio.Future[None]:
+        """Move a command; `data` (its next phase, say) is merged into its data in the same
+        change: one record change, one event, one row instead of two of each."""
         model.check_command_move(command.status, status)
         command.status = status
+        if data:
+            command.data.update(data)
         return self._emit("command", command.id, command, command.job_id, "updated")
 
     def save_command(self, command: Command) -> asyncio.Future[None]:
@@ -377,37 +389,48 @@ class Registry:
         """Take every lock or none; the caller persists with the job's next commit."""
         wanted = list(wanted)
         for entity, kind in wanted:
-            for held in self.locks.get(entity, []):
-                if held.job_id == job.id:
-                    continue
-                if kind is LockKind.EXCLUSIVE or held.kind is LockKind.EXCLUSIVE:
-                    raise LockConflict(f"{entity} is locked by job {held.job_id} ({held.kind})")
+            holding = self._holding.get(entity)
+            if not holding:
+                continue
+            if kind is LockKind.EXCLUSIVE:
+                other = next((h for j, h in holding.items() if j != job.id), None)
+            else:
+                exclusive = self._exclusive.get(entity)
+                other = holding[exclusive] if exclusive not in (None, job.id) else None
+            if other is not None:
+                raise LockConflict(f"{entity} is locked by job {other.job_id} ({other.kind})")
         for entity, kind in wanted:
             holders = self._holders(entity)
-            if any(h.job_id == job.id for h in holders):
+            if job.id in holders:
                 continue
             lock = Lock(entity, kind, job.id)
             self._hold(holders, lock)
             self._emit("lock", f"{entity}|{job.id}", lock, job.id, "created")
 
-    def _holders(self, entity: str) -> list[Lock]:
-        holders = self.locks.get(entity)
+    def _holders(self, entity: str) -> dict[str, Lock]:
+        holders = self._holding.get(entity)
         if holders is None:
-            holders = self.locks[entity] = []
+            holders = self._holding[entity] = {}
+            self.locks[entity] = holders.values()
             self._entity_seq[entity] = next(self._seq)
         return holders
 
-    def _hold(self, holders: list[Lock], lock: Lock) -> None:
-        holders.append(lock)
+    def _hold(self, holders: dict[str, Lock], lock: Lock) -> None:
+        holders[lock.job_id] = lock
+        if lock.kind is LockKind.EXCLUSIVE:
+            self._exclusive[lock.entity] = lock.job_id
         self._locks_by_job.setdefault(lock.job_id, []).append(lock)
 
     def release_locks(self, job_id: str) -> None:
         # In the order of `locks` (entities), as a scan of every entity would release them.
         for lock in self.job_locks(job_id):
-            holders = self.locks[lock.entity]
-            holders.remove(lock)
+            holders = self._holding[lock.entity]
+            del holders[job_id]
+            if self._exclusive.get(lock.entity) == job_id:
+                del self._exclusive[lock.entity]
             self._emit("lock", f"{lock.entity}|{job_id}", None, job_id, "deleted")
             if not holders:
+                del self._holding[lock.entity]
                 del self.locks[lock.entity]
                 del self._entity_seq[lock.entity]
         self._locks_by_job.pop(job_id, None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import sys
 import time
@@ -168,6 +169,23 @@ class Daemon:
 
 # -- command line -----------------------------------------------------------------------------
 
+# Generation thresholds of the cyclic garbage collector while the daemon runs (Python's default
+# is 700, 10, 10). The daemon allocates a few hundred objects per record change and keeps its
+# records for hours, so with the defaults every few seconds a full collection re-walked every
+# live job record and stopped the loop for 260 - 800 ms (bench/completion_latency.py: p99
+# 0.56 s, 0.28 s with these). Records form no cycles and are freed by reference counting; the
+# collector is left for the rare cycle (exceptions with tracebacks, closures).
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Move what is alive now (modules, classes, configuration) out of the collector's reach and
+    make collections rarer: called once by `taskmgrd run` before the daemon starts, and by the
+    benchmarks that run a daemon in-process, so that they measure what the service does."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
 
 def _run(coro: Any) -> Any:
     try:
@@ -214,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     from daemon import lifecycle, logs
 
     logs.setup(config.daemon.log_level)
+    tune_gc()
     return int(_run(lifecycle.serve(config, load)))
 
 

@@ -290,8 +290,7 @@ class Executor:
                 phase = "wait"
             except (CommandFailed, DaemonError, VdsmCallError) as e:
                 error = _message(e)
-                self.registry.set_command_status(record, CommandStatus.EXECUTION_FAILED)
-                await self._phase(record, "end", error=error)
+                await self._phase(record, "end", CommandStatus.EXECUTION_FAILED, error=error)
                 phase = "end"
             if step:
                 self.registry.end_step(
@@ -305,11 +304,11 @@ class Executor:
                 self.hosts.watch(task.pool)
             try:
                 await command.wait()
-                self.registry.set_command_status(record, CommandStatus.SUCCEEDED)
+                waited = CommandStatus.SUCCEEDED
             except (CommandFailed, DaemonError, VdsmCallError) as e:
                 error = _message(e)
-                self.registry.set_command_status(record, CommandStatus.FAILED)
-            await self._phase(record, "end", error=error)
+                waited = CommandStatus.FAILED
+            await self._phase(record, "end", waited, error=error)
             phase = "end"
 
         result: dict[str, Any] | None = None
@@ -336,9 +335,12 @@ class Executor:
             final = CommandStatus.ENDED_WITH_FAILURE if error else CommandStatus.ENDED_SUCCESSFULLY
             if record.status is CommandStatus.ACTIVE:  # failed in execute, restarted mid-end
                 self.registry.set_command_status(record, CommandStatus.FAILED)
-            if record.status not in model.COMMAND_TERMINAL:
-                self.registry.set_command_status(record, final)
-            done_write = self._queue_phase(record, "done", result=result)
+            done_write = self._queue_phase(
+                record,
+                "done",
+                final if record.status not in model.COMMAND_TERMINAL else None,
+                result=result,
+            )
             if top:
                 # Settling (Task.clear) need not wait for this commit: the phase is queued
                 # before any settling change, so a restart finds "done" with the tasks as they
@@ -378,13 +380,20 @@ class Executor:
                 return step
         return None
 
-    async def _phase(self, record: Command, phase: str, **extra: Any) -> None:
-        await self._queue_phase(record, phase, **extra)
+    async def _phase(
+        self, record: Command, phase: str, status: CommandStatus | None = None, **extra: Any
+    ) -> None:
+        await self._queue_phase(record, phase, status, **extra)
 
-    def _queue_phase(self, record: Command, phase: str, **extra: Any) -> asyncio.Future[None]:
-        """Record the command's phase; the future resolves once it is committed."""
-        record.data["phase"] = phase
-        record.data.update({k: v for k, v in extra.items() if v is not None and v != ""})
+    def _queue_phase(
+        self, record: Command, phase: str, status: CommandStatus | None = None, **extra: Any
+    ) -> asyncio.Future[None]:
+        """Record the command's phase (and `status`, in the same change); the future resolves
+        once it is committed."""
+        data = {"phase": phase, **{k: v for k, v in extra.items() if v is not None and v != ""}}
+        if status is not None:
+            return self.registry.set_command_status(record, status, data=data)
+        record.data.update(data)
         return self.registry.save_command(record)
 
     async def run_child(

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import orjson
 from jsonrpcclient import Error, Ok, notification, parse, request
 
 from daemon.vdsm.errors import ClientTimeout, ConnectionLost, VdsmCallError, error_for
@@ -62,6 +63,7 @@ class StompRpcClient:
         self._pending: dict[str, asyncio.Future[Any]] = {}
         self._connecting: asyncio.Lock | None = None
         self._listeners: list[EventCallback] = []
+        self._outgoing: list[bytes] = []  # frames to send at the end of this loop iteration
         self.connects = 0
 
     @property
@@ -169,7 +171,7 @@ class StompRpcClient:
 
     def _deliver(self, body: bytes) -> None:
         try:
-            message = json.loads(body)
+            message = orjson.loads(body)
         except ValueError:
             log.warning("host %s sent a body that is not JSON: %.200r", self.label, body)
             return
@@ -191,6 +193,7 @@ class StompRpcClient:
 
     async def _teardown(self, reason: VdsmCallError, *, from_reader: bool = False) -> None:
         writer, self._writer = self._writer, None
+        self._outgoing = []  # their calls fail below
         current = asyncio.current_task()
         for task in self._tasks:
             if task is not current:
@@ -218,13 +221,25 @@ class StompRpcClient:
     def _send(self, payload: Any, headers: dict[str, str] | None = None) -> None:
         if self._writer is None:
             raise ConnectionLost(5022, "not connected", "", self.label)
-        body = json.dumps(payload).encode()
+        body = _encode(payload)
         frame_headers = {
             "destination": self.request_destination,
             "reply-to": self.response_destination,
             **(headers or {}),
         }
-        self._writer.write(encode_frame(Frame("SEND", frame_headers, body)))
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._flush, self._writer)
+        self._outgoing.append(encode_frame(Frame("SEND", frame_headers, body)))
+
+    def _flush(self, writer: asyncio.StreamWriter) -> None:
+        """Send the frames queued in one loop iteration with one write (one `send` system
+        call): a batch of a hundred jobs calls a host a hundred times at once, and a system
+        call per frame was a tenth of the daemon's CPU per simple job. A frame waits at most
+        for the callbacks already scheduled; the order of the frames is kept."""
+        frames, self._outgoing = self._outgoing, []
+        if writer is self._writer and not writer.is_closing():
+            writer.write(b"".join(frames))
+        # else: the connection broke meanwhile; `_teardown` failed every call these carried
 
     async def call(
         self,
@@ -318,3 +333,15 @@ class StompRpcClient:
             except VdsmCallError as e:
                 results.append(e)
         return results
+
+
+def _encode(payload: Any) -> bytes:
+    """orjson: every call and every poll encodes a request and decodes a reply, and the
+    standard library's json was a tenth of the daemon's CPU per simple job (replies of
+    `Host.getAllVmStats` and `getAllTasksStatuses` run to kilobytes). A value orjson refuses
+    (an integer beyond 64 bits in caller-supplied parameters) falls back to the standard
+    library, which writes any JSON value."""
+    try:
+        return orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(payload).encode()

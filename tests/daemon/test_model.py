@@ -77,3 +77,23 @@ def _legal(check: object, current: object, target: object) -> bool:
     except TransitionError:
         return False
     return True
+
+
+def test_new_ids_are_distinct_version_4_uuids_also_after_a_fork() -> None:
+    import os
+    import uuid
+
+    ids = [model.new_id() for _ in range(1000)]  # several refills of the random bytes
+    assert len(set(ids)) == len(ids)
+    assert all(str(uuid.UUID(i)) == i and uuid.UUID(i).version == 4 for i in ids)
+    model.new_id()  # the parent holds unused random bytes now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id must not be one the parent will make
+        os.write(write, model.new_id().encode())
+        os._exit(0)
+    os.close(write)
+    child_id = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child_id not in {model.new_id() for _ in range(300)}

@@ -101,6 +101,36 @@ async def test_locks_conflict_between_jobs_and_release(tmp_path: Path) -> None:
     await reg.store.close()
 
 
+async def test_many_shared_holders_and_an_exclusive_one(tmp_path: Path) -> None:
+    reg = await open_registry(tmp_path / "d.db")
+    jobs = [make_job(f"j{i}") for i in range(200)]
+    await reg.create_jobs(jobs)
+    for job in jobs:
+        reg.acquire_locks(job, [("host:h1", LockKind.SHARED)])
+    reg.acquire_locks(jobs[0], [("host:h1", LockKind.SHARED)])  # held already: nothing new
+    assert [lock.job_id for lock in reg.locks["host:h1"]] == [job.id for job in jobs]
+    other = make_job("x")
+    await reg.create_job(other)
+    with pytest.raises(LockConflict, match=f"host:h1 is locked by job {jobs[0].id} \\(shared\\)"):
+        reg.acquire_locks(other, [("host:h1", LockKind.EXCLUSIVE)])
+    for job in jobs[:-1]:
+        reg.release_locks(job.id)
+    with pytest.raises(LockConflict, match=f"locked by job {jobs[-1].id}"):
+        reg.acquire_locks(other, [("host:h1", LockKind.EXCLUSIVE)])
+    reg.acquire_locks(jobs[-1], [("host:h1", LockKind.EXCLUSIVE)])  # its own shared: no conflict
+    reg.release_locks(jobs[-1].id)
+    assert "host:h1" not in reg.locks
+    reg.acquire_locks(other, [("host:h1", LockKind.EXCLUSIVE)])
+    with pytest.raises(LockConflict, match=f"locked by job {other.id} \\(exclusive\\)"):
+        reg.acquire_locks(jobs[0], [("host:h1", LockKind.SHARED)])
+    await reg.store.flush()
+    reloaded = await open_registry(tmp_path / "d.db")
+    with pytest.raises(LockConflict, match=f"locked by job {other.id} \\(exclusive\\)"):
+        reloaded.acquire_locks(jobs[0], [("host:h1", LockKind.SHARED)])
+    await reloaded.store.close()
+    await reg.store.close()
+
+
 async def test_every_change_is_published_in_order(tmp_path: Path) -> None:
     reg = await open_registry(tmp_path / "d.db")
     sub = reg.events.subscribe()

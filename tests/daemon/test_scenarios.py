@@ -21,6 +21,39 @@ async def test_simple_command_refresh_host(tmp_path: Path) -> None:
         assert view["locks"] == []
 
 
+async def test_a_command_moves_status_and_phase_in_one_change(tmp_path: Path) -> None:
+    """Status and the phase that follows it are one record change (one event, one row): the
+    status a subscriber sees with each phase is the one a restart would find."""
+    async with running_stack(tmp_path) as s:
+        sub = s.daemon.events.subscribe()
+        job = await s.wait_job(
+            await s.submit(
+                "CreateDisk",
+                {
+                    "pool": s.pool,
+                    "domain": s.domains[0],
+                    "size": 4096,
+                    "volume": str(uuid.uuid4()),
+                },
+            )
+        )
+        assert job.status is JobStatus.FINISHED
+        seen = []
+        while not sub.queue.empty():
+            event = sub.queue.get_nowait()
+            if event is not None and event.kind == "command" and event.job_id == job.id:
+                seen.append((event.data["status"], event.data["data"].get("phase")))
+        assert seen == [
+            (CommandStatus.NOT_STARTED, "validate"),
+            (CommandStatus.NOT_STARTED, "execute"),
+            (CommandStatus.ACTIVE, "execute"),
+            (CommandStatus.ACTIVE, "execute"),  # what execute remembered (the task's ids)
+            (CommandStatus.ACTIVE, "wait"),
+            (CommandStatus.SUCCEEDED, "end"),
+            (CommandStatus.ENDED_SUCCESSFULLY, "done"),
+        ]
+
+
 async def test_create_disk_runs_a_task_and_clears_it(tmp_path: Path) -> None:
     async with running_stack(tmp_path) as s:
         image, volume = str(uuid.uuid4()), str(uuid.uuid4())

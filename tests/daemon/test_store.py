@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import subprocess
@@ -158,3 +159,39 @@ def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
     with sqlite3.connect(db) as conn:
         stored = {row[0] for row in conn.execute("SELECT id FROM jobs")}
     assert {f"j{i}" for i in range(acked + 1)} <= stored
+
+
+async def test_a_failed_group_commit_writes_none_of_its_changes(tmp_path: Path) -> None:
+    store = Store(tmp_path / "t.db")
+    await store.open()
+    step = store.put_nowait("step", "s1", {"id": "s1", "job_id": "j1"})
+    bad_job = store.put_nowait("job", "j1", {"id": "j1"})  # NOT NULL columns missing
+    for waiting in (step, bad_job):
+        with pytest.raises(StoreError, match="commit failed"):
+            await waiting
+    with pytest.raises(StoreError, match="store is failed"):
+        store.put_nowait("step", "s2", {"id": "s2", "job_id": "j1"})
+    await store.close()
+    store = Store(tmp_path / "t.db")
+    await store.open()
+    assert await store.load("step") == []  # rolled back with the job that failed
+    await store.close()
+
+
+async def test_columns_hold_plain_values_and_missing_ones_are_null(tmp_path: Path) -> None:
+    from daemon import model
+
+    store = Store(tmp_path / "t.db")
+    await store.open()
+    job = model.Job("j1", "CreateDisk", {}, 7, "c1", "d")
+    job.cancel = model.CancelRecord(model.CancelMode.STOP, 7, 1.0)
+    store.put_nowait("job", "j1", model.to_doc(job))
+    store.put_nowait("task", "t1", {"id": "t1", "job_id": "j1", "host": "h", "status": "POLLING"})
+    await store.flush()
+    db = sqlite3.connect(tmp_path / "t.db")
+    status, cancel, owner = db.execute("SELECT status, cancel, owner FROM jobs").fetchone()
+    assert (type(status), status, owner) == (str, "STARTED", 7)
+    assert json.loads(cancel)["mode"] == "stop"
+    assert db.execute("SELECT vdsm_id, status FROM tasks").fetchone() == (None, "POLLING")
+    db.close()
+    await store.close()

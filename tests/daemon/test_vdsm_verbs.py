@@ -7,6 +7,7 @@ sends one) and from a tiny HTTP server that answers garbage.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -77,6 +78,30 @@ async def test_host_verbs(vdsm: HostFactory) -> None:
     assert await host.vm_list() == []
     assert await host.task_statuses() == {}
     assert await host.task_info() == {}
+
+
+async def test_concurrent_calls_share_writes_and_each_gets_its_answer(sim: Simulator) -> None:
+    client = StompRpcClient("127.0.0.1", sim.port, host_header="host1", timeout=5.0)
+    host = VdsmHost("host1", client, timeout=5.0)
+    await host.ping()  # connected: the calls below go out together
+    sent: list[int] = []
+    writer = client._writer
+    assert writer is not None
+    write = writer.write
+
+    def counting(data: bytes | bytearray | memoryview) -> None:
+        sent.append(len(data))
+        write(data)
+
+    writer.write = counting  # type: ignore[method-assign]
+    replies = await asyncio.gather(*(host.stats() for _ in range(50)), host.vm_stats())
+    assert all(isinstance(r, dict) for r in replies[:50]) and replies[50] == []
+    assert 1 <= len(sent) < 5  # queued in one loop iteration: not a system call per frame
+    await client.close()
+    with pytest.raises(ConnectionLost):
+        client._send({"jsonrpc": "2.0", "method": "Host.ping2", "id": "x"})
+    await host.ping()  # reconnects; frames of the old connection were dropped with it
+    await client.close()
 
 
 async def test_storage_task_lifecycle(vdsm: HostFactory, dc: DataCenter) -> None:

@@ -24,19 +24,14 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from daemon.cli import STATUS_STYLE
+
 if TYPE_CHECKING:
     from daemon.cli import Client
 
 TERMINAL = ("FINISHED", "FAILED", "ABORTED")
 REDRAW_SECONDS = 0.1
-STYLE = {
-    "STARTED": "cyan",
-    "CANCELLING": "yellow",
-    "FINISHED": "green",
-    "FAILED": "red",
-    "ABORTED": "magenta",
-    "UNKNOWN": "bright_black",
-}
+STYLE = STATUS_STYLE  # one palette for `taskmgr jobs`, `show` and `watch`
 
 
 def _status(status: str) -> Text:

@@ -82,6 +82,19 @@ def _job_request(actions: dict[str, Any]) -> dict[str, Any]:
 def _schemas(actions: dict[str, Any]) -> dict[str, Any]:
     job_request = _job_request(actions)
     anything = {"type": "object", "additionalProperties": True}
+    summary: dict[str, Any] = {  # a listing row; a batch answer's entries add their href
+        "type": "object",
+        "required": ["id", "action", "status", "correlation_id", "owner", "tasks", "cancel"],
+        "properties": {
+            "id": {"type": "string"},
+            "action": {"type": "string"},
+            "status": {"type": "string", "enum": [s.value for s in JobStatus]},
+            "correlation_id": {"type": "string"},
+            "owner": {"type": "integer"},
+            "tasks": {"type": "integer"},
+            "cancel": {**anything, "nullable": True},
+        },
+    }
     return {
         "Error": {
             "type": "object",
@@ -168,31 +181,13 @@ def _schemas(actions: dict[str, Any]) -> dict[str, Any]:
                 "result": {"nullable": True},
             },
         },
-        "JobSummary": {
-            "type": "object",
-            "required": ["id", "action", "status", "correlation_id", "owner", "tasks", "cancel"],
-            "properties": {
-                "id": {"type": "string"},
-                "action": {"type": "string"},
-                "status": {"type": "string", "enum": [s.value for s in JobStatus]},
-                "correlation_id": {"type": "string"},
-                "owner": {"type": "integer"},
-                "tasks": {"type": "integer"},
-                "cancel": {**anything, "nullable": True},
-            },
-        },
+        "JobSummary": summary,
         "BatchEntry": {
             "type": "object",
             "description": "a job of a batch answer (?view=summary): its listing row and href",
-            "required": ["id", "action", "status", "correlation_id", "owner", "tasks", "href"],
+            "required": [*summary["required"], "href"],
             "properties": {
-                "id": {"type": "string"},
-                "action": {"type": "string"},
-                "status": {"type": "string", "enum": [s.value for s in JobStatus]},
-                "correlation_id": {"type": "string"},
-                "owner": {"type": "integer"},
-                "tasks": {"type": "integer"},
-                "cancel": {**anything, "nullable": True},
+                **summary["properties"],
                 "href": {"type": "string", "description": "the job's own URL, with its tree"},
             },
         },

@@ -6,6 +6,7 @@ Imported by the scripts in this directory (their own directory is on `sys.path` 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -162,3 +163,32 @@ async def control(port: int, method: str, path: str) -> Any:
     if not head.split(b" ", 2)[1].startswith(b"2"):
         raise RuntimeError(f"{method} {path}: {head[:100]!r} {body[:200]!r}")
     return json.loads(body)
+
+
+def add_gc_flag(p: argparse.ArgumentParser) -> None:
+    """The `--python-gc` what-if shared by the daemon benchmarks."""
+    p.add_argument(
+        "--python-gc",
+        action="store_true",
+        help="what-if: keep Python's garbage collector settings instead of taskmgrd run's",
+    )
+
+
+def set_gc(python_gc: bool) -> None:
+    """Collector settings as `taskmgrd run` has them, unless `--python-gc` asked otherwise."""
+    from daemon.service import GC_THRESHOLDS, tune_gc
+
+    if python_gc:
+        print("what-if: Python's garbage collector settings (taskmgrd run: tune_gc)")
+    else:
+        tune_gc()
+        print(f"gc: as taskmgrd run, frozen after imports, thresholds {GC_THRESHOLDS}")
+
+
+def fill_defaults(
+    args: argparse.Namespace, keys: tuple[str, ...], quick: tuple[Any, ...], full: tuple[Any, ...]
+) -> None:
+    """Options left unset take the `--quick` or the full run's value, in `keys` order."""
+    for key, default in zip(keys, quick if args.quick else full, strict=True):
+        if getattr(args, key) is None:
+            setattr(args, key, default)

@@ -52,17 +52,20 @@ from typing import Any
 from benchlib import (
     ADDRESS,
     SimProcess,
+    add_gc_flag,
     control,
     cpu_seconds,
+    fill_defaults,
     machine,
     percentile,
     run_loop,
+    set_gc,
 )
 
 from daemon import model
 from daemon.config import HostEntry, PollingSection, load_config
 from daemon.model import CancelMode, Job, JobStatus, TaskStatus
-from daemon.service import GC_THRESHOLDS, Daemon, tune_gc
+from daemon.service import Daemon
 
 TARGET_P99_S = 1.0
 TASKS_PER_JOB = 3
@@ -337,27 +340,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: 10 pools, 100 jobs, 5 s tasks")
     p.add_argument("--check", action="store_true", help="exit 1 when the target is missed")
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
-    p.add_argument(
-        "--python-gc",
-        action="store_true",
-        help="what-if: keep Python's garbage collector settings instead of taskmgrd run's",
-    )
+    add_gc_flag(p)
     args = p.parse_args(argv)
-    defaults = (10, 100, 5.0) if args.quick else (50, 1000, 60.0)
-    for key, default in zip(("pools", "jobs", "task_seconds"), defaults, strict=True):
-        if getattr(args, key) is None:
-            setattr(args, key, default)
+    fill_defaults(args, ("pools", "jobs", "task_seconds"), (10, 100, 5.0), (50, 1000, 60.0))
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     print(f"machine: {machine()}")
-    if args.python_gc:
-        print("what-if: Python's garbage collector settings (taskmgrd run: tune_gc)")
-    else:
-        tune_gc()  # as `taskmgrd run` does
-        print(f"gc: as taskmgrd run, frozen after imports, thresholds {GC_THRESHOLDS}")
+    set_gc(args.python_gc)
     print(
         f"load: {args.pools} pools (one SPM host each), {args.jobs} CreateVm jobs of "
         f"{TASKS_PER_JOB} {args.preallocate} disks = {args.jobs * TASKS_PER_JOB} Volume.create "

@@ -47,17 +47,20 @@ from typing import Any
 from benchlib import (
     ADDRESS,
     SimProcess,
+    add_gc_flag,
     control,
     cpu_seconds,
+    fill_defaults,
     machine,
     percentile,
     run_loop,
+    set_gc,
 )
 
 from daemon import model
 from daemon.config import HostEntry, PollingSection, load_config
 from daemon.model import Job, TaskStatus
-from daemon.service import GC_THRESHOLDS, Daemon, tune_gc
+from daemon.service import GC_THRESHOLDS, Daemon
 
 TARGET_P99_S = 1.0
 TARGET_CPU = 0.5  # cores
@@ -342,16 +345,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: 10 pools, 200 tasks of 3 s")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
-    p.add_argument(
-        "--python-gc",
-        action="store_true",
-        help="what-if: keep Python's garbage collector settings instead of taskmgrd run's",
-    )
+    add_gc_flag(p)
     args = p.parse_args(argv)
-    defaults = (10, 200, 3.0, 3.0) if args.quick else (100, 5000, 60.0, 30.0)
-    for key, default in zip(("pools", "tasks", "task_seconds", "window"), defaults, strict=True):
-        if getattr(args, key) is None:
-            setattr(args, key, default)
+    fill_defaults(
+        args,
+        ("pools", "tasks", "task_seconds", "window"),
+        (10, 200, 3.0, 3.0),
+        (100, 5000, 60.0, 30.0),
+    )
     if args.baseline_tasks is None:
         args.baseline_tasks = args.tasks
     return args
@@ -360,11 +361,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     print(f"machine: {machine()}")
-    if args.python_gc:
-        print("what-if: Python's garbage collector settings (taskmgrd run: tune_gc)")
-    else:
-        tune_gc()  # as `taskmgrd run` does
-        print(f"gc: as taskmgrd run, frozen after imports, thresholds {GC_THRESHOLDS}")
+    set_gc(args.python_gc)
     print(
         f"load: {args.pools} pools (one SPM host each), ~{args.tasks} concurrent CreateDisk tasks "
         f"of {args.task_seconds:g} s (submitted at {args.tasks / args.task_seconds:.0f} jobs/s), "

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import ADDRESS, SimProcess, machine, median, run_loop
+from benchlib import ADDRESS, SimProcess, fill_defaults, machine, median, run_loop
 from jobgen import generate
 from restart import cold_start, topology
 
@@ -44,10 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--check", action="store_true", help="exit 1 above the target")
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = p.parse_args(argv)
-    defaults = (5000, 1) if args.quick else (100_000, 3)
-    for key, default in zip(("jobs", "repeat"), defaults, strict=True):
-        if getattr(args, key) is None:
-            setattr(args, key, default)
+    fill_defaults(args, ("jobs", "repeat"), (5000, 1), (100_000, 3))
     if args.active is None:
         args.active = args.jobs // 10
     return args

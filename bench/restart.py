@@ -42,7 +42,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchlib import ADDRESS, SimProcess, control, cpu_seconds, machine, median, rss_mb, run_loop
+from benchlib import (
+    ADDRESS,
+    SimProcess,
+    control,
+    cpu_seconds,
+    fill_defaults,
+    machine,
+    median,
+    rss_mb,
+    run_loop,
+)
 from jobgen import PoolInfo, generate
 
 TARGET_S = 3.0
@@ -162,10 +172,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--check", action="store_true", help="exit 1 above the target")
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = p.parse_args(argv)
-    defaults = (5000, 500, 1) if args.quick else (100_000, 10_000, 3)
-    for key, default in zip(("jobs", "active", "repeat"), defaults, strict=True):
-        if getattr(args, key) is None:
-            setattr(args, key, default)
+    fill_defaults(args, ("jobs", "active", "repeat"), (5000, 500, 1), (100_000, 10_000, 3))
     if not 0 <= args.active <= args.jobs:
         p.error("need 0 <= --active <= --jobs")
     return args

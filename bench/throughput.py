@@ -41,11 +41,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchlib import ADDRESS, SimProcess, control, cpu_seconds, machine, percentile, run_loop
+from benchlib import (
+    ADDRESS,
+    SimProcess,
+    add_gc_flag,
+    control,
+    cpu_seconds,
+    fill_defaults,
+    machine,
+    percentile,
+    run_loop,
+    set_gc,
+)
 
 from daemon import model
 from daemon.config import HostEntry, load_config
-from daemon.service import GC_THRESHOLDS, Daemon, tune_gc
+from daemon.service import Daemon
 
 TARGET_BATCH = 1000.0
 TARGET_SINGLE = 300.0
@@ -299,27 +310,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: 4 clients, 2 s per mode")
     p.add_argument("--check", action="store_true", help="exit 1 below a target")
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
-    p.add_argument(
-        "--python-gc",
-        action="store_true",
-        help="what-if: keep Python's garbage collector settings instead of taskmgrd run's",
-    )
+    add_gc_flag(p)
     args = p.parse_args(argv)
-    defaults = (4, 50, 2.0, 0.5) if args.quick else (8, 100, 10.0, 1.0)
-    for key, default in zip(("clients", "batch", "seconds", "warmup"), defaults, strict=True):
-        if getattr(args, key) is None:
-            setattr(args, key, default)
+    fill_defaults(
+        args, ("clients", "batch", "seconds", "warmup"), (4, 50, 2.0, 0.5), (8, 100, 10.0, 1.0)
+    )
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     print(f"machine: {machine()}")
-    if args.python_gc:
-        print("what-if: Python's garbage collector settings (taskmgrd run: tune_gc)")
-    else:
-        tune_gc()  # as `taskmgrd run` does
-        print(f"gc: as taskmgrd run, frozen after imports, thresholds {GC_THRESHOLDS}")
+    set_gc(args.python_gc)
     print(
         f"load: {args.clients} concurrent clients (a separate process) over the unix socket, "
         f"RefreshHost jobs, {args.warmup:g} s warm-up + {args.seconds:g} s per mode; "

@@ -31,11 +31,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import multiprocessing
-import os
-import platform
 import signal
 import subprocess
 import sys
@@ -44,7 +41,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from benchlib import ADDRESS, control, cpu_seconds, wait_listening
+from benchlib import ADDRESS, control, cpu_seconds, machine, wait_listening
 
 from daemon.vdsm.client import StompRpcClient
 from daemon.vdsm.stomp import Frame, FrameParser, encode_frame
@@ -410,22 +407,6 @@ def load_process(
 
 
 # -- main --------------------------------------------------------------------------------------
-
-
-def machine() -> str:
-    model = "?"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    try:
-        import uvloop
-
-        loop = f"uvloop {uvloop.__version__}"
-    except ImportError:
-        loop = "asyncio (no uvloop)"
-    return f"{os.cpu_count()} CPUs, {model}, Python {platform.python_version()}, {loop}"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

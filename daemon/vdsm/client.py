@@ -265,12 +265,7 @@ class StompRpcClient:
             async with asyncio.timeout(self.timeout if timeout is None else timeout):
                 reply = await future
         except TimeoutError:
-            raise ClientTimeout(
-                5022,
-                "Message timeout which can be caused by communication issues",
-                method,
-                self.label,
-            ) from None
+            raise ClientTimeout.of_call(method, self.label) from None
         except ConnectionLost as e:
             raise ConnectionLost(e.vdsm_code, e.message, method, self.label) from None
         finally:
@@ -318,12 +313,7 @@ class StompRpcClient:
             async with asyncio.timeout(self.timeout if timeout is None else timeout):
                 replies = [await futures[i] for i in ids]
         except TimeoutError:
-            raise ClientTimeout(
-                5022,
-                "Message timeout which can be caused by communication issues",
-                "batch",
-                self.label,
-            ) from None
+            raise ClientTimeout.of_call("batch", self.label) from None
         finally:
             for i in ids:
                 self._pending.pop(i, None)

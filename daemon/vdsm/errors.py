@@ -71,6 +71,12 @@ class ProtocolError(VdsmCallError):
 class ClientTimeout(VdsmCallError):
     code = 5022
 
+    @classmethod
+    def of_call(cls, method: str, host: str) -> ClientTimeout:
+        """The engine's own text for a call that got no answer in time."""
+        text = "Message timeout which can be caused by communication issues"
+        return cls(5022, text, method, host)
+
 
 class ConnectionLost(VdsmCallError):
     """The connection broke or could not be made; pending calls fail with this (code 5022)."""

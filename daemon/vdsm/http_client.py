@@ -65,12 +65,7 @@ class HttpRpcClient:
         except ValueError as e:  # not JSON at all: a broken peer, not a lost connection
             raise BadReply(-32603, f"reply is not JSON: {e}", method, self.label) from None
         except TimeoutError:
-            raise ClientTimeout(
-                5022,
-                "Message timeout which can be caused by communication issues",
-                method,
-                self.label,
-            ) from None
+            raise ClientTimeout.of_call(method, self.label) from None
         except aiohttp.ClientError as e:
             raise ConnectionLost(5022, f"connection failed: {e}", method, self.label) from None
         if not isinstance(reply, dict):

@@ -13,7 +13,7 @@ Set-up, per phase (measured, then the baseline, each on a fresh simulator and da
    The simulator runs with enough storage workers per host (``workers`` in its config) that every
    task runs at once instead of queueing behind VDSM's default 10.
 2. A ``Daemon`` (daemon.service) in this process on a temp SQLite (synchronous=FULL, the
-   default), the P hosts from its config, default polling ([polling] fast_interval 0.2 s,
+   default), the P hosts from its config, default polling ([polling] fast_interval 0.5 s,
    idle_interval 5 s, monitor every 2 s). The baseline is the same daemon with
    fast_interval = idle_interval = 10 s: the engine's fixed 10 s task polling.
 3. CreateDisk jobs (one ``Volume.create`` task each), submitted with ``executor.submit`` at a steady
@@ -335,7 +335,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="what-if: Executor.settle_retry (default: as shipped, 1 s); docs/BENCHMARKS.md",
     )
     p.add_argument(
-        "--fast-interval", type=float, help="[polling] fast_interval of the measured phase (0.2)"
+        "--fast-interval", type=float, help="[polling] fast_interval of the measured phase (0.5)"
     )
     p.add_argument(
         "--gc-threshold",

@@ -39,6 +39,7 @@ class DaemonSection:
     socket_group: str | None = None  # its group (name or gid); None keeps the daemon's group
     db: Path = DEFAULT_DB  # the SQLite state file
     synchronous: str = "FULL"  # FULL survives power loss; NORMAL survives a crash only
+    commit_interval: float = 0.005  # s: least time between two commits' starts while busy
     log_level: str = "INFO"
     max_request_bytes: int = 1 << 20  # larger API requests are refused with 413
     admin_group: str | None = None  # may cancel and clear anyone's job, and force (name or gid)
@@ -59,7 +60,8 @@ class RetentionSection:
 class PollingSection:
     """Host monitoring and task polling; the names are `daemon.hosts.HostSettings`' fields."""
 
-    fast_interval: float = 0.2  # seconds between task polls while a pool has young tasks
+    fast_interval: float = 0.5  # seconds between task polls while a pool has young tasks
+    cancel_interval: float = 0.2  # seconds between task polls while a cancel is pending there
     idle_interval: float = 5.0  # the interval polling backs off to when nothing is young
     young_seconds: float = 30.0  # a task is young (polled fast) for this long after it starts
     missing_grace: int = 3  # good SPM reports a known task may be missing from before it is LOST
@@ -144,6 +146,12 @@ def _number(w: _Where, key: str, value: Any, *, minimum: float = 0.0, strict: bo
     return float(value)
 
 
+def _seconds_up_to(w: _Where, key: str, value: Any, top: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= top:
+        raise w.error(key, f"a number of seconds 0..{top:g}", value)
+    return float(value)
+
+
 def _integer(w: _Where, key: str, value: Any, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise w.error(key, f"an integer {lo}..{hi}", value)
@@ -199,6 +207,7 @@ def _daemon(source: str, table: dict[str, Any]) -> DaemonSection:
         "socket_group": lambda k, v: _group(w, k, v),
         "db": lambda k, v: _path(w, k, v),
         "synchronous": lambda k, v: _choice(w, k, v, SYNCHRONOUS, upper=True),
+        "commit_interval": lambda k, v: _seconds_up_to(w, k, v, 1.0),
         "log_level": lambda k, v: _choice(w, k, v, LOG_LEVELS, upper=True),
         "max_request_bytes": lambda k, v: _integer(w, k, v, 1024, 1 << 30),
         "admin_group": lambda k, v: _group(w, k, v),
@@ -237,11 +246,12 @@ def _polling(source: str, table: dict[str, Any]) -> PollingSection:
         else:
             values[k] = _number(w, k, v)
     polling = PollingSection(**values)
-    if polling.fast_interval > polling.idle_interval:
-        raise ConfigError(
-            f"{source}: [polling] fast_interval: expected at most idle_interval "
-            f"({polling.idle_interval:g}), got {polling.fast_interval!r}"
-        )
+    for key in ("fast_interval", "cancel_interval"):
+        if getattr(polling, key) > polling.idle_interval:
+            raise ConfigError(
+                f"{source}: [polling] {key}: expected at most idle_interval "
+                f"({polling.idle_interval:g}), got {getattr(polling, key)!r}"
+            )
     return polling
 
 

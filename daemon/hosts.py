@@ -45,7 +45,8 @@ TRANSPORTS = ("stomp", "http")
 class HostSettings:
     """Monitoring and polling knobs; `daemon.config` fills them from [polling] and [tls]."""
 
-    fast_interval: float = 0.2  # s between task polls while tasks are young or a cancel is pending
+    fast_interval: float = 0.5  # s between task polls while a pool has young tasks
+    cancel_interval: float = 0.2  # s between task polls while a cancel is pending on the pool
     idle_interval: float = 5.0  # s: the slowest task poll (the engine polls every 10 s)
     young_seconds: float = 30.0  # s a task counts as young (polled fast) after it starts
     missing_grace: int = 3  # consecutive good reports a POLLING task may be missing from

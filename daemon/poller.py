@@ -2,14 +2,16 @@
 
 Never one call per task: a pool with 5,000 tasks costs the SPM the same one call per tick as a
 pool with one. The pace adapts (the engine polls every 10 s whatever happens):
-- `fast_interval` while a watched task is younger than `young_seconds` or a cancel is pending
-  (`boost`), so a finished task is noticed within one fast tick;
+- `cancel_interval` while a cancel is pending on the pool (`boost`): someone waits for it, and
+  its stopped tasks are settled as soon as they are seen;
+- `fast_interval` while a watched task is younger than `young_seconds`, so a finished task is
+  noticed within one fast tick;
 - otherwise the interval doubles after every tick up to `idle_interval`;
 - a failed tick (no SPM, 654, timeout) backs off the same way;
 - `poke` (a task started or changed hands) cuts the current wait short only when the poller is
   backed off (waiting longer than `fast_interval`): a poller already on the fast pace polls
   within `fast_interval` anyway, and waking it on every task start polled busy pools several
-  times per fast tick. It never polls sooner than `fast_interval` after the previous poll.
+  times per fast tick. It never polls sooner than its fast pace after the previous poll.
 The poller ends when its pool has no task in POLLING; `HostManager.watch` starts it again.
 
 Cost per tick is kept to the pool's watched tasks: the poller keeps them (`tracked`) instead of
@@ -96,7 +98,7 @@ class PoolPoller:
 
     def boost(self, seconds: float) -> None:
         self.boost_until = max(self.boost_until, time.monotonic() + seconds)
-        self.interval = self.manager.settings.fast_interval
+        self.interval = self._fastest()
         self.wake.set()
 
     async def run(self) -> None:
@@ -116,22 +118,30 @@ class PoolPoller:
                 return
             now = time.time()
             young = any(now - t.created_at < settings.young_seconds for t in active)
-            boosted = self.boost_until > time.monotonic()
-            if ok and (young or boosted):
+            if ok and self.boost_until > time.monotonic():
+                self.interval = self._fastest()
+            elif ok and young:
                 self.interval = settings.fast_interval
             else:
                 self.interval = min(self.interval * 2, settings.idle_interval)
             await self._pause(self.interval)
 
+    def _fastest(self) -> float:
+        """The shortest pace allowed now: the cancel pace while boosted, else the fast one."""
+        settings = self.manager.settings
+        if self.boost_until > time.monotonic():
+            return min(settings.cancel_interval, settings.fast_interval)
+        return settings.fast_interval
+
     async def _pause(self, interval: float) -> None:
         """Wait until `interval` after the previous tick started (a steady pace whatever its
-        round trip took), or less when poked, but at least `fast_interval` after it."""
+        round trip took), or less when poked, but never sooner than the fast pace allows."""
         wait = self.last_tick + interval - time.monotonic()
         if wait > 0:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self.wake.wait()
-        floor = self.last_tick + self.manager.settings.fast_interval - time.monotonic()
+        floor = self.last_tick + self._fastest() - time.monotonic()
         if floor > 0:
             await asyncio.sleep(floor)
 

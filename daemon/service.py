@@ -42,7 +42,11 @@ class Daemon:
         self.config = config
         self.settings = config
         self.started_at = time.time()
-        self.store = Store(config.daemon.db, synchronous=config.daemon.synchronous)
+        self.store = Store(
+            config.daemon.db,
+            synchronous=config.daemon.synchronous,
+            commit_interval=config.daemon.commit_interval,
+        )
         self.events = EventHub()
         self.registry = Registry(self.store, self.events)
         self.hosts = HostManager(self.registry, settings=config.host_settings())

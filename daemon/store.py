@@ -22,6 +22,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import operator
 import sqlite3
 import time
@@ -133,13 +134,26 @@ class Store:
     """
 
     def __init__(
-        self, path: Path | str, *, synchronous: str = "FULL", batch_limit: int = 5000
+        self,
+        path: Path | str,
+        *,
+        synchronous: str = "FULL",
+        batch_limit: int = 5000,
+        commit_interval: float = 0.0,
     ) -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA", "OFF"):
             raise ValueError(f"synchronous must be FULL, NORMAL, EXTRA or OFF, got {synchronous!r}")
+        if not 0.0 <= commit_interval <= 1.0:
+            raise ValueError(f"commit_interval must be 0 to 1 s, got {commit_interval!r}")
         self.path = Path(path)
         self.synchronous = synchronous.upper()
         self.batch_limit = batch_limit
+        # The least time between the starts of two commits. A writer that has been idle that
+        # long commits a change at once; a busy one gathers what arrives meanwhile into the
+        # next commit. Every commit writes each page it touched to the WAL (and fsyncs it under
+        # FULL), so a stream of small commits — a few changes each while jobs run — costs far
+        # more than the same changes in fewer, larger ones.
+        self.commit_interval = commit_interval
         self.stats = StoreStats()
         self._db: aiosqlite.Connection | None = None
         # Changes waiting for the writer, and the writer's wake-up while it waits for one. A
@@ -233,11 +247,17 @@ class Store:
         assert self._db is not None
         closing = False
         queue = self._queue
+        loop = asyncio.get_running_loop()
+        last_start = -math.inf
         while not closing:
             if not queue:
-                self._wake = asyncio.get_running_loop().create_future()
+                self._wake = loop.create_future()
                 await self._wake
                 continue
+            wait = last_start + self.commit_interval - loop.time()
+            if wait > 0 and queue[-1] is not None:  # closing writes at once
+                await asyncio.sleep(wait)
+            last_start = loop.time()
             batch: list[_Op] = []
             while queue and len(batch) < self.batch_limit:
                 op = queue.popleft()

@@ -352,6 +352,28 @@ async def test_poller_backs_off_when_idle_and_boost_speeds_it_up(
     await control.post(f"/hosts/{dc.spm}/release", {})
 
 
+@pytest.mark.host_settings(fast_interval=0.16, cancel_interval=0.02, idle_interval=0.2)
+async def test_a_pending_cancel_polls_at_the_cancel_pace(
+    hm: HostManager, sim: Simulator, dc: DataCenter, control: Control, registry: Registry
+) -> None:
+    """Young tasks are polled at `fast_interval`; a pool with a cancel pending, which someone
+    waits for, at the shorter `cancel_interval` (issue 3, CPU: the first could then be longer)."""
+    await add_all(hm, sim, dc)
+    assert dc.spm is not None
+    await control.post(f"/hosts/{dc.spm}/hold")
+    await register_task(registry, dc.spm, dc.pool, await create_volume(hm, dc.spm, dc))
+    hm.watch(dc.pool)
+    state = hm._poll_state[dc.pool]
+    await wait_until(lambda: hm.polls.get(dc.pool, 0) >= 2, 5.0)
+    assert state.interval == 0.16  # young: the fast pace, not the cancel one
+    hm.boost(dc.pool, seconds=5.0)
+    assert state.interval == 0.02
+    polls = hm.polls[dc.pool]
+    await wait_until(lambda: hm.polls[dc.pool] >= polls + 10, 5.0)
+    assert state.interval == 0.02
+    await control.post(f"/hosts/{dc.spm}/release", {})
+
+
 @pytest.mark.host_settings(young_seconds=0.0, idle_interval=0.16)
 async def test_a_task_start_wakes_only_a_backed_off_poller(
     hm: HostManager, sim: Simulator, dc: DataCenter, control: Control, registry: Registry

@@ -71,6 +71,52 @@ async def test_many_writes_share_few_commits(tmp_path: Path) -> None:
     await store.close()
 
 
+async def trickle(store: Store, changes: int) -> float:
+    """A change every millisecond or so, nobody waiting: what running jobs produce. Returns
+    how long it took (a loaded machine stretches it)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for i in range(changes):
+        store.put_nowait("step", f"t{i}", {"id": f"t{i}", "job_id": "j"})
+        await asyncio.sleep(0.001)
+    took = loop.time() - started
+    await store.flush()
+    return took
+
+
+async def test_a_busy_writer_gathers_a_trickle_of_changes_into_few_commits(
+    tmp_path: Path,
+) -> None:
+    """With commits back to back, a trickle of changes makes a commit every few changes; with
+    an interval, whatever arrives within it shares one commit."""
+    eager = await open_store(tmp_path / "a.db", synchronous="NORMAL")
+    await trickle(eager, 200)
+    await eager.close()
+    paced = await open_store(tmp_path / "b.db", synchronous="NORMAL", commit_interval=0.5)
+    await paced.write("step", "first", {"id": "first", "job_id": "j"})
+    took = await trickle(paced, 200)
+    # the first change at once, then one commit per interval the trickle lasted (and the last)
+    assert paced.stats.commits <= 2 + took / 0.5
+    assert eager.stats.commits > 20
+    assert len(await paced.load("step")) == 201
+    await paced.close()
+
+
+async def test_an_idle_writer_commits_at_once(tmp_path: Path) -> None:
+    """The interval only applies after a commit: a lone acknowledgement does not wait for it."""
+    store = await open_store(tmp_path / "s.db", synchronous="NORMAL", commit_interval=1.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await store.write("step", "s1", {"id": "s1", "job_id": "j"})
+    assert loop.time() - started < 1.0
+    await store.close()
+
+
+def test_a_commit_interval_out_of_range_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="commit_interval must be"):
+        Store(tmp_path / "s.db", commit_interval=5.0)
+
+
 async def test_last_write_of_a_key_wins_and_delete_removes(tmp_path: Path) -> None:
     store = await open_store(tmp_path / "s.db")
     store.put_nowait("task", "t", {"id": "t", "job_id": "j", "host": "h", "status": "SUBMITTING"})

@@ -39,7 +39,7 @@ class DaemonSection:
     socket_group: str | None = None  # its group (name or gid); None keeps the daemon's group
     db: Path = DEFAULT_DB  # the SQLite state file
     synchronous: str = "FULL"  # FULL survives power loss; NORMAL survives a crash only
-    commit_interval: float = 0.005  # s: least time between two commits' starts while busy
+    commit_interval: float = 0.02  # s: least time between two commits unless one is urgent
     log_level: str = "INFO"
     max_request_bytes: int = 1 << 20  # larger API requests are refused with 413
     admin_group: str | None = None  # may cancel and clear anyone's job, and force (name or gid)

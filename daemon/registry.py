@@ -137,12 +137,21 @@ class Registry:
     # -- plumbing ----------------------------------------------------------------------------
 
     def _emit(
-        self, kind: Kind, key: str, record: model.Record | None, job_id: str | None, op: str
+        self,
+        kind: Kind,
+        key: str,
+        record: model.Record | None,
+        job_id: str | None,
+        op: str,
+        urgent: bool = False,
     ) -> asyncio.Future[None]:
+        """Apply, persist and publish one change. `urgent`: an API request is answered once it
+        is committed (a job accepted, a cancel intent, a host): commit it at once rather than
+        with the next paced group commit (`Store.commit_interval`)."""
         if kind == "job" and key in self._stored:
             self._load_stored(key)  # its document must not be written without params, result
         doc = model.to_doc(record) if record is not None else None
-        done = self.store.put_nowait(kind, key, doc)
+        done = self.store.put_nowait(kind, key, doc, urgent=urgent)
         self.events.publish(kind, op, key, job_id, doc or {})
         if job_id is not None:
             event = self._changed.pop(job_id, None)
@@ -161,7 +170,7 @@ class Registry:
         self.jobs[job.id] = job
         self.by_correlation[job.correlation_id].add(job.id)
         self.by_status[job.status].add(job.id)
-        await self._emit("job", job.id, job, job.id, "created")
+        await self._emit("job", job.id, job, job.id, "created", urgent=True)
 
     async def create_jobs(self, jobs: list[Job]) -> None:
         """Add several jobs and wait until all are committed, in one group commit.
@@ -174,7 +183,7 @@ class Registry:
             self.jobs[job.id] = job
             self.by_correlation[job.correlation_id].add(job.id)
             self.by_status[job.status].add(job.id)
-            waits.append(self._emit("job", job.id, job, job.id, "created"))
+            waits.append(self._emit("job", job.id, job, job.id, "created", urgent=True))
         if waits:
             await asyncio.gather(*waits)
 
@@ -194,10 +203,10 @@ class Registry:
             job.result = result
         return self._emit("job", job.id, job, job.id, "updated")
 
-    def touch_job(self, job: Job) -> asyncio.Future[None]:
+    def touch_job(self, job: Job, *, urgent: bool = False) -> asyncio.Future[None]:
         """Persist a change made to a job's fields other than its status (result, cancel)."""
         job.updated_at = model.now()
-        return self._emit("job", job.id, job, job.id, "updated")
+        return self._emit("job", job.id, job, job.id, "updated", urgent)
 
     async def record_cancel(self, job: Job, cancel: CancelRecord) -> None:
         """The cancel intent: committed before any verb is sent (DESIGN.md rule 1)."""
@@ -207,7 +216,7 @@ class Registry:
             self.by_status[job.status].discard(job.id)
             job.status = JobStatus.CANCELLING
             self.by_status[job.status].add(job.id)
-        await self.touch_job(job)
+        await self.touch_job(job, urgent=True)
 
     def forget_job(self, job_id: str) -> None:
         """Drop a terminal job from memory (after purge or clear)."""
@@ -446,14 +455,14 @@ class Registry:
 
     async def put_host(self, host: Host) -> None:
         self.hosts[host.name] = host
-        await self._emit("host", host.name, host, None, "updated")
+        await self._emit("host", host.name, host, None, "updated", urgent=True)
 
     def update_host(self, host: Host) -> None:
         self._emit("host", host.name, host, None, "updated")
 
     async def delete_host(self, name: str) -> None:
         self.hosts.pop(name, None)
-        await self._emit("host", name, None, None, "deleted")
+        await self._emit("host", name, None, None, "deleted", urgent=True)
 
     # -- loading -------------------------------------------------------------------------------
 

@@ -148,12 +148,15 @@ class Store:
         self.path = Path(path)
         self.synchronous = synchronous.upper()
         self.batch_limit = batch_limit
-        # The least time between the starts of two commits. A writer that has been idle that
-        # long commits a change at once; a busy one gathers what arrives meanwhile into the
-        # next commit. Every commit writes each page it touched to the WAL (and fsyncs it under
-        # FULL), so a stream of small commits — a few changes each while jobs run — costs far
-        # more than the same changes in fewer, larger ones.
+        # The least time between the starts of two commits, unless a change is urgent. A
+        # writer that has been idle that long commits a change at once; a busy one gathers
+        # what arrives meanwhile into the next commit. Every commit writes each page it touched
+        # to the WAL (and fsyncs it under FULL), and costs both threads a fixed part: running
+        # jobs make a change every few milliseconds, and committing each on its own cost more
+        # CPU than the jobs' own work (issue 3, benchmark a).
         self.commit_interval = commit_interval
+        self._urgent = False  # a change someone answers an API request on is queued
+        self._pacing = False  # the writer waits out the interval (only urgent changes wake it)
         self.stats = StoreStats()
         self._db: aiosqlite.Connection | None = None
         # Changes waiting for the writer, and the writer's wake-up while it waits for one. A
@@ -200,7 +203,7 @@ class Store:
     async def close(self) -> None:
         """Write everything queued, then close."""
         if self._writer is not None:
-            self._enqueue(None)
+            self._enqueue(None, urgent=True)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
             self._writer = None
@@ -213,33 +216,40 @@ class Store:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def put_nowait(self, kind: Kind, key: str, doc: dict[str, Any] | None) -> asyncio.Future[None]:
-        """Queue a change; the returned future resolves when it is committed."""
+    def put_nowait(
+        self, kind: Kind, key: str, doc: dict[str, Any] | None, *, urgent: bool = False
+    ) -> asyncio.Future[None]:
+        """Queue a change; the returned future resolves when it is committed.
+
+        An urgent change (an API request is answered once it is committed) is committed at
+        once; the others within `commit_interval`, with whatever else arrives meanwhile."""
         if self._failed is not None:
             raise StoreError(f"store is failed: {self._failed}")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Op(kind, key, doc, done))
+        self._enqueue(_Op(kind, key, doc, done), urgent)
         return done
 
-    def _enqueue(self, op: _Op | None) -> None:
+    def _enqueue(self, op: _Op | None, urgent: bool) -> None:
         self._queue.append(op)
+        if urgent:
+            self._urgent = True
         wake = self._wake
-        if wake is not None:
+        if wake is not None and (urgent or not self._pacing):
             self._wake = None
             if not wake.done():
                 wake.set_result(None)
 
     async def write(self, kind: Kind, key: str, doc: dict[str, Any] | None) -> None:
         """Queue a change and wait until it is committed (a durable acknowledgement)."""
-        await self.put_nowait(kind, key, doc)
+        await self.put_nowait(kind, key, doc, urgent=True)
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
-        await self.put_nowait("barrier", "", None)
+        await self.put_nowait("barrier", "", None, urgent=True)
 
     async def purge_jobs(self, job_ids: Iterable[str]) -> None:
         """Delete jobs and everything that hangs off them; committed in the writer's order."""
-        waits = [self.put_nowait("purge", job_id, None) for job_id in job_ids]
+        waits = [self.put_nowait("purge", job_id, None, urgent=True) for job_id in job_ids]
         if waits:
             await asyncio.gather(*waits)
 
@@ -255,8 +265,8 @@ class Store:
                 await self._wake
                 continue
             wait = last_start + self.commit_interval - loop.time()
-            if wait > 0 and queue[-1] is not None:  # closing writes at once
-                await asyncio.sleep(wait)
+            if wait > 0 and not self._urgent:
+                await self._pace(wait)
             last_start = loop.time()
             batch: list[_Op] = []
             while queue and len(batch) < self.batch_limit:
@@ -265,8 +275,23 @@ class Store:
                     closing = True
                     break
                 batch.append(op)
+            self._urgent = self._urgent and bool(queue)  # what is left may hold it
             if batch:
                 await self._commit(batch)
+
+    async def _pace(self, seconds: float) -> None:
+        """Wait out the rest of the commit interval, or less if an urgent change arrives."""
+        self._pacing = True
+        self._wake = wake = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(seconds):
+                await wake
+        except TimeoutError:
+            pass
+        finally:
+            self._pacing = False
+            if self._wake is wake:
+                self._wake = None
 
     async def _commit(self, batch: list[_Op]) -> None:
         assert self._db is not None

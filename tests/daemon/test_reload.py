@@ -30,7 +30,7 @@ def test_plan_sorts_hosts_and_settings() -> None:
     moved = dataclasses.replace(H2, port=54322)
     new = Config(
         daemon=DaemonSection(log_level="DEBUG"),
-        polling=PollingSection(fast_interval=0.5),
+        polling=PollingSection(fast_interval=0.3),
         hosts=(moved, H3),
     )
     plan = plan_reload(old, new)

@@ -112,6 +112,21 @@ async def test_an_idle_writer_commits_at_once(tmp_path: Path) -> None:
     await store.close()
 
 
+async def test_an_urgent_change_cuts_the_interval_short(tmp_path: Path) -> None:
+    """A change an API answer waits for (a job accepted, a cancel intent) is committed at once,
+    with whatever the paced writer was gathering; the others wait for the interval."""
+    store = await open_store(tmp_path / "s.db", synchronous="NORMAL", commit_interval=1.0)
+    await store.write("step", "first", {"id": "first", "job_id": "j"})  # idle: at once
+    background = store.put_nowait("step", "bg", {"id": "bg", "job_id": "j"})
+    await asyncio.sleep(0.05)  # let the writer start waiting out its interval
+    assert not background.done()
+    urgent = store.put_nowait("step", "now", {"id": "now", "job_id": "j"}, urgent=True)
+    await asyncio.wait_for(urgent, 0.9)
+    assert background.done()  # it shared the urgent commit
+    assert store.stats.commits == 2
+    await store.close()
+
+
 def test_a_commit_interval_out_of_range_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="commit_interval must be"):
         Store(tmp_path / "s.db", commit_interval=5.0)

@@ -166,6 +166,9 @@ class Store:
         self._queue: collections.deque[_Op | None] = collections.deque()
         self._wake: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
+        # The writer's loop, kept: every change makes a future on it, and asyncio's
+        # `get_running_loop` makes a getpid system call each time (3.11, a fork check).
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._failed: BaseException | None = None
         self._reader: sqlite3.Connection | None = None
         self.on_commit: Callable[[float, int], None] | None = None
@@ -184,6 +187,7 @@ class Store:
             await self._db.close()  # a refused file leaves no connection (and thread) behind
             self._db = None
             raise
+        self._loop = asyncio.get_running_loop()
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
 
     async def _migrate(self) -> None:
@@ -225,7 +229,10 @@ class Store:
         once; the others within `commit_interval`, with whatever else arrives meanwhile."""
         if self._failed is not None:
             raise StoreError(f"store is failed: {self._failed}")
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:
+            raise StoreError(f"store {self.path} is not open")
+        done: asyncio.Future[None] = loop.create_future()
         self._enqueue(_Op(kind, key, doc, done), urgent)
         return done
 

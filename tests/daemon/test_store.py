@@ -127,6 +127,33 @@ async def test_an_urgent_change_cuts_the_interval_short(tmp_path: Path) -> None:
     await store.close()
 
 
+async def test_an_update_rewrites_what_changes_and_a_lock_follows_its_holder(
+    tmp_path: Path,
+) -> None:
+    """Rows are updated in place (an upsert), not deleted and re-inserted: the columns a record
+    may change follow its document, and a lock row passed from one job to another in one
+    commit names the new holder."""
+    store = await open_store(tmp_path / "s.db", synchronous="NORMAL")
+    job = {"id": "j1", "status": "STARTED", "action": "RefreshHost", "correlation_id": "c"}
+    job |= {"owner": 0, "created_at": 1.0, "description": "refresh"}
+    await store.write("job", "j1", job)
+    await store.write("task", "t1", {"id": "t1", "job_id": "j1", "host": "h", "status": "POLLING"})
+    store.put_nowait("lock", "disk:1", {"id": "disk:1", "job_id": "j1"})
+    store.put_nowait("lock", "disk:1", None)
+    store.put_nowait("lock", "disk:1", {"id": "disk:1", "job_id": "j2"})
+    store.put_nowait("job", "j1", job | {"status": "FINISHED", "ended_at": 2.0, "error": None})
+    await store.write("task", "t1", {"id": "t1", "job_id": "j1", "host": "h", "status": "ENDED"})
+    await store.close()
+    db = sqlite3.connect(tmp_path / "s.db")
+    assert db.execute("SELECT status, ended_at, error, description FROM jobs").fetchall() == [
+        ("FINISHED", 2.0, "", "refresh")
+    ]
+    assert db.execute("SELECT job_id, status FROM tasks").fetchall() == [("j1", "ENDED")]
+    assert db.execute("SELECT job_id FROM locks").fetchall() == [("j2",)]
+    assert json.loads(db.execute("SELECT doc FROM tasks").fetchone()[0])["status"] == "ENDED"
+    db.close()
+
+
 def test_a_commit_interval_out_of_range_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="commit_interval must be"):
         Store(tmp_path / "s.db", commit_interval=5.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -338,6 +339,27 @@ async def test_stop_abortable_interrupts_job(tm: TaskManager, undo: Undo) -> Non
     assert status["message"] == f"value={tid} abortedcode=411"
     assert (status["taskState"], status["taskResult"]) == ("finished", "cleanSuccess")
     assert [c[0] for c in undo.calls] == ["undo2", "undo1"]
+
+
+async def test_stopped_work_logs_no_traceback(
+    tm: TaskManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stop's ActionStopped is expected: no warning (a traceback per task was the costliest
+    part of a cancel burst); a job's real failure still gets its traceback."""
+    caplog.set_level(logging.DEBUG, logger="vdsm_simulator.task")
+    job = Job(abortable=True)
+    tid = await tm.schedule("createVolume", job)
+    await started(job)
+    tm.stop(tid)
+    assert (await done(tm, tid))["code"] == 411
+    assert [r.message for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert f"task {tid}: job stopped" in caplog.messages
+    caplog.clear()
+    tid = await tm.schedule("createVolume", Job(fail=RuntimeError("boom"), work=0))
+    await done(tm, tid)
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.message for r in warned] == [f"task {tid}: unexpected error"]
+    assert warned[0].exc_info is not None
 
 
 async def test_abortable_work_after_stop_stops_at_once(tm: TaskManager) -> None:

@@ -556,6 +556,54 @@ async def test_oversized_body_is_refused(cluster: FakeCluster) -> None:
         await ok.close()
 
 
+class WriteCounter:
+    """The session's real transport, with every `write` recorded on its way through."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self.transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+async def test_replies_of_one_read_go_out_in_one_write(server: SimServer) -> None:
+    """Requests that arrive together are answered by one socket write: the same frames, in the
+    same order, as one reply per write used to send."""
+    client = await StompClient.connect(server.port)
+    await settle(client)
+    (session,) = server.broker.wires["host1"].sessions
+    assert session.transport is not None
+    counter = WriteCounter(session.transport)
+    session.transport = counter  # type: ignore[assignment]
+    before = len(client.messages)
+    ids = [f"r{i}" for i in range(20)]
+    futures = [client.expect(i) for i in ids]
+    client.send_raw(
+        b"".join(
+            encode_frame(
+                Frame(
+                    "SEND",
+                    {"destination": "jms.topic.vdsm_requests", "reply-to": RESPONSES},
+                    json.dumps({"jsonrpc": "2.0", "id": i, "method": "Host.ping2"}).encode(),
+                )
+            )
+            for i in ids
+        )
+    )
+    async with asyncio.timeout(5):
+        await asyncio.gather(*futures)
+    frames = client.messages[before:]
+    assert [json.loads(f.body)["id"] for f in frames] == ids
+    assert b"".join(counter.writes) == b"".join(encode_frame(f) for f in frames)
+    assert len(counter.writes) <= 2  # one per read of the requests (one read here, as a rule)
+    await client.close()
+
+
 async def test_slow_reader_is_dropped_without_stalling_others(cluster: FakeCluster) -> None:
     options = WireOptions(max_outbound_buffer=256 * 1024)
     async with SimServer(cluster, SimClock(0.001), options=options) as srv:

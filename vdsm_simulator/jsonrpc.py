@@ -28,9 +28,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
+
+import orjson
 
 from vdsm_simulator.errors import JsonRpcError, MethodNotFound, VdsmError
 from vdsm_simulator.events import EventBus
@@ -88,6 +91,11 @@ def _invalid(request: Any, reason: str) -> dict[str, Any]:
 
 
 def _response(req_id: Any, *, result: Any = None, error: dict[str, Any] | None = None) -> str:
+    if result is True and error is None and type(req_id) is str:
+        # A void verb's answer (Task.stop, Task.clear: most of a cancel burst). `json.dumps` of
+        # the whole dict builds an encoder per call, 7 % of the simulator's CPU in the burst;
+        # with default separators its text is exactly this.
+        return '{"jsonrpc": "2.0", "id": ' + json.dumps(req_id) + ', "result": true}'
     if error is not None:
         return json.dumps({"jsonrpc": "2.0", "id": req_id, "error": error})
     try:
@@ -99,6 +107,9 @@ def _response(req_id: Any, *, result: Any = None, error: dict[str, Any] | None =
         )
 
 
+_LONG_DIGITS: Final = re.compile(rb"[0-9]{19}")
+
+
 class _ParseFailed:
     """Marks a payload that is not JSON (distinct from a payload that decodes to ``null``)."""
 
@@ -107,7 +118,19 @@ PARSE_FAILED: Final = _ParseFailed()
 
 
 def parse(payload: bytes) -> Any:
-    """Decode a message body, or `PARSE_FAILED`. Kept apart so STOMP can read ids first."""
+    """Decode a message body, or `PARSE_FAILED`. Kept apart so STOMP can read ids first.
+
+    orjson decodes a request 5x faster (the stdlib decoder was 7 % of the simulator's CPU in a
+    cancel burst) but refuses more: only UTF-8, no NaN, no lone surrogates, no nesting past
+    1,024; whatever it refuses goes to `json.loads`, whose answer (a value or a parse error) is
+    the one VDSM gives. It also reads an integer beyond 64 bits as a float where `json.loads`
+    keeps it exact, so a body with 19 digits in a row (anywhere, strings included) skips it.
+    """
+    if _LONG_DIGITS.search(payload) is None:
+        try:
+            return orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            pass
     try:
         return json.loads(payload)
     except (ValueError, RecursionError):
@@ -122,7 +145,8 @@ def request_ids(message: Any) -> Iterator[Hashable]:
     """
     if isinstance(message, dict):  # the common case first: one request
         req_id = message.get("id")
-        if isinstance(req_id, Hashable):
+        # str first: the ABC check alone was 3 % of the simulator's CPU in a cancel burst
+        if type(req_id) is str or isinstance(req_id, Hashable):
             yield req_id
     elif isinstance(message, list):
         for item in message:

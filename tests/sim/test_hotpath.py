@@ -155,3 +155,79 @@ async def test_unencodable_snapshot_is_an_internal_error() -> None:
         "id": "x",
         "error": {"code": -32603, "message": "Internal JSON-RPC error"},
     }
+
+
+@given(req_id=st.text() | st.integers() | st.none() | st.floats(allow_nan=False))
+def test_void_answer_is_the_json_dumps_text(req_id: Any) -> None:
+    """The shortcut for `true` results writes what `json.dumps` of the response writes."""
+    assert jsonrpc._response(req_id, result=True) == _reference(req_id, True).decode()
+
+
+def _loads_or_failed(payload: bytes) -> Any:
+    try:
+        return json.loads(payload)
+    except (ValueError, RecursionError):
+        return jsonrpc.PARSE_FAILED
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values of equal types all the way down (1 == 1.0 == True would hide a change)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and a != a:
+        return b != b
+    return bool(a == b)
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats()
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(value=_json_values, ensure_ascii=st.booleans())
+def test_parse_agrees_with_json_loads_on_documents(value: Any, ensure_ascii: bool) -> None:
+    payload = json.dumps(value, ensure_ascii=ensure_ascii).encode("utf-8", "surrogatepass")
+    assert _same(jsonrpc.parse(payload), _loads_or_failed(payload))
+
+
+@given(
+    payload=st.binary(max_size=40)
+    | st.sampled_from(
+        [
+            b"123456789012345678901234567890",
+            b'{"id": 18446744073709551616}',
+            b"1e400",
+            b"NaN",
+            b"-0",
+            b'"\\ud800"',
+            b"\xef\xbb\xbf{}",
+            "{}".encode("utf-16"),
+            b"[" * 2000 + b"]" * 2000,
+            b'{"a": 1, "a": 2}',
+        ]
+    )
+)
+def test_parse_agrees_with_json_loads_on_any_bytes(payload: bytes) -> None:
+    parsed, reference = jsonrpc.parse(payload), _loads_or_failed(payload)
+    if reference is jsonrpc.PARSE_FAILED:
+        assert parsed is jsonrpc.PARSE_FAILED
+    else:
+        assert _same(parsed, reference)
+
+
+def test_request_ids_of_one_request() -> None:
+    assert list(jsonrpc.request_ids({"id": "a"})) == ["a"]
+    assert list(jsonrpc.request_ids({"id": 3})) == [3]
+    assert list(jsonrpc.request_ids({"id": ["unhashable"]})) == []
+    assert list(jsonrpc.request_ids({})) == [None]

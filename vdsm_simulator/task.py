@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -97,13 +98,28 @@ class JobContext:
         if not abortable:
             await self.clock.sleep(sim_seconds)
             return
-        stopped = asyncio.Event()
-        with self._task.abort_callback(stopped.set):
-            try:
-                await asyncio.wait_for(stopped.wait(), self.clock.real(sim_seconds))
-            except TimeoutError:
-                return
-        raise ActionStopped()
+        delay = self.clock.real(sim_seconds)
+        if delay <= 0:  # no time to interrupt (as wait_for with a zero timeout)
+            await asyncio.sleep(0)
+            return
+        # One future settled by whichever comes first, the end of the work or a stop: cheaper
+        # than wait_for on an Event, which runs a task of its own per job (3,000 of them in a
+        # cancel burst).
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[bool] = loop.create_future()  # True: stopped
+        timer = loop.call_later(delay, _settle, outcome, False)
+        try:
+            with self._task.abort_callback(functools.partial(_settle, outcome, True)):
+                stopped = await outcome
+        finally:
+            timer.cancel()
+        if stopped:
+            raise ActionStopped()
+
+
+def _settle(outcome: asyncio.Future[bool], stopped: bool) -> None:
+    if not outcome.done():
+        outcome.set_result(stopped)
 
 
 class Task:

@@ -362,6 +362,36 @@ async def test_stopped_work_logs_no_traceback(
     assert warned[0].exc_info is not None
 
 
+async def test_abortable_work_runs_to_its_end_unless_stopped(make_tm: Callable[..., Any]) -> None:
+    tm = make_tm()
+    ended: list[float] = []
+
+    async def job(ctx: JobContext) -> str:
+        start = asyncio.get_running_loop().time()
+        await ctx.work(50, abortable=True)  # 50 ms at the fixture's scale
+        ended.append(asyncio.get_running_loop().time() - start)
+        await ctx.work(0, abortable=True)  # nothing to interrupt
+        return "ok"
+
+    tid = await tm.schedule("copyImage", job)
+    status = await done(tm, tid)
+    assert (status["taskResult"], status["code"]) == ("success", 0)
+    assert ended and 0.045 <= ended[0] < 1.0
+    assert tm.get(tid)._abort_callbacks == set()
+
+
+async def test_killed_abortable_work_leaves_no_callback(make_tm: Callable[..., Any]) -> None:
+    tm = make_tm()
+    job = Job(abortable=True)
+    tid = await tm.schedule("copyImage", job)
+    await started(job)
+    task = tm.get(tid)
+    assert len(task._abort_callbacks) == 1
+    await tm.close()  # the process dies: the job is cancelled where it is
+    assert task._abort_callbacks == set()
+    assert state(tm, tid) == "running"
+
+
 async def test_abortable_work_after_stop_stops_at_once(tm: TaskManager) -> None:
     reached: list[str] = []
 

@@ -296,6 +296,8 @@ class StompSession(asyncio.Protocol):
         self.expect_every = 0.0
         self.last_read = self.last_write = 0.0
         self._outbox: list[bytes] = []  # written by _flush, once per loop iteration
+        # requests of the read being handled: (wire, message, reply-to, ids), run at its end
+        self._requests: list[tuple[HostWire, Any, str | None, list[Hashable]]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
         self.peer: Any = None
@@ -319,8 +321,10 @@ class StompSession(asyncio.Protocol):
             return
         for frame in frames:
             if self.closed:
-                return
+                break
             self._handle(frame)
+        if self._requests:
+            self._run_requests()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._shutdown()
@@ -441,7 +445,33 @@ class StompSession(asyncio.Protocol):
         if faults.chance(faults.settings.reset_connections):
             # The request reached VDSM, the connection died before its answer.
             self.abort("injected connection reset")
-        self.broker.spawn(self._serve(wire, message, reply_to, ids))
+        self._requests.append((wire, message, reply_to, ids))
+
+    def _run_requests(self) -> None:
+        """Run the requests of one read, in order, once all its frames are handled (so that a
+        SUBSCRIBE sent right after a request still gets the reply, as when each ran in a task).
+
+        A request whose verb never waits is answered here; the first that may wait, and every
+        one after it, runs in a task as before, so the requests still start in arrival order.
+        Injected reply delays or drops always take the task path, with their random draws.
+        """
+        requests, self._requests = self._requests, []
+        now = True
+        for wire, message, reply_to, ids in requests:
+            settings = wire.host.faults.settings
+            if now and not (settings.latency or settings.drop_replies or settings.late_replies):
+                try:
+                    reply = jsonrpc.answer_now(wire.host, message)
+                    if reply is None:
+                        continue
+                    if isinstance(reply, Reply):
+                        wire.send_reply(reply, reply_to, ids)
+                        continue
+                except Exception:
+                    log.exception("request failed")
+                    continue
+            now = False
+            self.broker.spawn(self._serve(wire, message, reply_to, ids))
 
     async def _serve(
         self, wire: HostWire, message: Any, reply_to: str | None, ids: list[Hashable]

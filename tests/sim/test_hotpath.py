@@ -23,6 +23,8 @@ from daemon.vdsm.stomp import (
     encode_with_head,
 )
 from vdsm_simulator import jsonrpc
+from vdsm_simulator.cluster import Cluster, SimConfig
+from vdsm_simulator.errors import MethodNotFound, UnknownTask, VolumeDoesNotExist
 from vdsm_simulator.events import EventBus
 from vdsm_simulator.faults import HostFaults
 from vdsm_simulator.stomp_server import (
@@ -124,6 +126,9 @@ class SnapshotHost:
     async def call(self, method: str, params: dict[str, Any] | list[Any]) -> Any:
         return self.snapshot
 
+    def call_now(self, method: str, params: dict[str, Any] | list[Any]) -> Any:
+        return self.snapshot
+
 
 def _reference(req_id: Any, result: Any) -> bytes:
     return json.dumps({"jsonrpc": "2.0", "id": req_id, "result": result}).encode()
@@ -179,7 +184,7 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, list):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, float) and a != a:
-        return b != b
+        return bool(b != b)
     return bool(a == b)
 
 
@@ -231,3 +236,84 @@ def test_request_ids_of_one_request() -> None:
     assert list(jsonrpc.request_ids({"id": 3})) == [3]
     assert list(jsonrpc.request_ids({"id": ["unhashable"]})) == []
     assert list(jsonrpc.request_ids({})) == [None]
+
+
+class SyncHost:
+    """Verbs that never wait, each ending one way an answer can end."""
+
+    def __init__(self) -> None:
+        self.name = "host1"
+        self.faults = HostFaults(1, "host1")
+        self.events = EventBus()
+
+    def call_now(self, method: str, params: dict[str, Any] | list[Any]) -> Any:
+        match method:
+            case "Ok.value":
+                return {"a": [1, "é"], "params": params}
+            case "Ok.void":
+                return None
+            case "Err.vdsm":
+                raise VolumeDoesNotExist("V")
+            case "Err.crash":
+                raise RuntimeError("kaboom")
+            case "Later":
+                return jsonrpc.NOT_NOW
+        raise MethodNotFound(method)
+
+    async def call(self, method: str, params: dict[str, Any] | list[Any]) -> Any:
+        if method == "Later":
+            return "later"
+        return self.call_now(method, params)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"jsonrpc": "2.0", "id": "i", "method": "Ok.value", "params": {"x": 1}},
+        {"jsonrpc": "2.0", "id": 7, "method": "Ok.void"},
+        {"jsonrpc": "2.0", "method": "Ok.void"},  # a notification: no answer
+        {"jsonrpc": "2.0", "id": "e", "method": "Err.vdsm"},
+        {"jsonrpc": "2.0", "id": "c", "method": "Err.crash"},
+        {"jsonrpc": "2.0", "id": "n", "method": "No.such"},
+        {"jsonrpc": "1.0", "id": "v", "method": "Ok.void"},
+        {"jsonrpc": "2.0", "id": "p", "method": "Ok.void", "params": 3},
+    ],
+)
+async def test_answer_now_is_handle_message(message: dict[str, Any]) -> None:
+    host = SyncHost()
+    now = jsonrpc.answer_now(host, message)
+    later = await jsonrpc.handle_message(host, message)
+    assert not isinstance(now, type(jsonrpc.NOT_NOW))
+    assert now == later
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"jsonrpc": "2.0", "id": "l", "method": "Later"},
+        {"jsonrpc": "2.0", "id": "m", "method": 5},
+        [{"jsonrpc": "2.0", "id": "b", "method": "Ok.void"}],
+        jsonrpc.PARSE_FAILED,
+    ],
+)
+def test_answer_now_leaves_what_may_wait_to_a_task(message: Any) -> None:
+    assert jsonrpc.answer_now(SyncHost(), message) is jsonrpc.NOT_NOW
+
+
+async def test_sim_host_runs_only_verbs_that_never_wait_now() -> None:
+    cluster = Cluster(SimConfig(hosts=1, pools=1))
+    await cluster.start()
+    try:
+        host = cluster.hosts["host1"]
+        calls = host.calls
+        assert host.call_now("Host.ping2", {}) is True
+        assert host.call_now("Host.getAllTasksStatuses", {}) == {}
+        with pytest.raises(UnknownTask):
+            host.call_now("Task.stop", {"taskID": "T"})
+        assert host.calls == calls + 3
+        # a verb that may wait, or none at all: nothing run, nothing counted
+        assert host.call_now("Volume.create", {}) is jsonrpc.NOT_NOW
+        assert host.call_now("No.such", {}) is jsonrpc.NOT_NOW
+        assert host.calls == calls + 3
+    finally:
+        await cluster.close()

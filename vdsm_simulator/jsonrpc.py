@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -119,7 +118,10 @@ def _response(req_id: Any, *, result: Any = None, error: dict[str, Any] | None =
         )
 
 
-_LONG_DIGITS: Final = re.compile(rb"[0-9]{19}")
+# Every digit as "0", anything else as " ": a run of 19 digits is then a plain substring search
+# (the equivalent regex cost three times orjson's whole decode).
+_DIGITS_AS_ZEROS: Final = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_DIGIT_RUN: Final = b"0" * 19
 
 
 class _ParseFailed:
@@ -138,7 +140,7 @@ def parse(payload: bytes) -> Any:
     the one VDSM gives. It also reads an integer beyond 64 bits as a float where `json.loads`
     keeps it exact, so a body with 19 digits in a row (anywhere, strings included) skips it.
     """
-    if _LONG_DIGITS.search(payload) is None:
+    if _LONG_DIGIT_RUN not in payload.translate(_DIGITS_AS_ZEROS):
         try:
             return orjson.loads(payload)
         except orjson.JSONDecodeError:

@@ -36,6 +36,7 @@ from vdsm_simulator.tasks import (
     TaskStore,
     check_move,
 )
+from vdsm_simulator.taskstate import St
 from vdsm_simulator.taskstore import TaskSnapshot
 
 S = State
@@ -161,6 +162,12 @@ ALLOWED = {
 
 def test_fifteen_states() -> None:
     assert len(State) == 15
+
+
+def test_plain_state_names_are_the_members() -> None:
+    plain = {k: v for k, v in vars(St).items() if not k.startswith("_")}
+    assert plain == State.__members__
+    assert all(plain[name] is member for name, member in State.__members__.items())
 
 
 @pytest.mark.parametrize("target", list(State))

@@ -319,12 +319,14 @@ class StompSession(asyncio.Protocol):
         except StompError as e:
             self.abort(f"malformed frame: {e}")
             return
-        for frame in frames:
-            if self.closed:
-                break
-            self._handle(frame)
-        if self._requests:
-            self._run_requests()
+        try:
+            for frame in frames:
+                if self.closed:
+                    break
+                self._handle(frame)
+        finally:
+            if self._requests:
+                self._run_requests()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._shutdown()
@@ -499,9 +501,9 @@ class StompSession(asyncio.Protocol):
     def _write(self, data: bytes) -> None:
         """Queue `data` for the one socket write this connection makes per loop iteration.
 
-        Requests arrive many to a read and their tasks all answer in the next iteration, so a
-        cancel burst wrote ~25 replies per connection at a time, one `send` each; joined, the
-        bytes and their order are the same and both ends make a fraction of the system calls.
+        Requests arrive many to a read and are answered together, so a cancel burst wrote ~25
+        replies per connection at a time, one `send` each; joined, the bytes and their order
+        are the same and both ends make a fraction of the system calls.
         """
         if self.closed or self.transport is None:
             return

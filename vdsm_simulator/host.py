@@ -19,8 +19,9 @@ from vdsm_simulator.errors import CodedError, MethodNotFound, RecoveryInProgress
 from vdsm_simulator.events import EventBus
 from vdsm_simulator.faults import HostFaults, host_rng
 from vdsm_simulator.hostjobs import HostJobs
+from vdsm_simulator.jsonrpc import NOT_NOW
 from vdsm_simulator.tasks import JobContext, TaskManager
-from vdsm_simulator.verbs import Param, VerbTable
+from vdsm_simulator.verbs import Param, Verb, VerbTable
 
 if TYPE_CHECKING:
     from vdsm_simulator.cluster import Cluster
@@ -214,6 +215,20 @@ class SimHost:
         return not self.faults.settings.down
 
     async def call(self, method: str, params: dict[str, Any] | list[Any]) -> Any:
+        verb, kwargs = self._bind(method, params)
+        return await verb.handler(**kwargs)
+
+    def call_now(self, method: str, params: dict[str, Any] | list[Any]) -> Any:
+        """`call` of a verb that never waits, synchronously; `NOT_NOW` (and nothing done) for
+        any other method: the caller then `call`s it from a task."""
+        verb = self.verbs.get(method)
+        now = None if verb is None else verb.now
+        if now is None:
+            return NOT_NOW
+        _, kwargs = self._bind(method, params)
+        return now(**kwargs)
+
+    def _bind(self, method: str, params: dict[str, Any] | list[Any]) -> tuple[Verb, dict[str, Any]]:
         self.calls += 1
         if self.is_recovering():  # VDSM answers 99 before it even looks the verb up
             raise RecoveryInProgress()
@@ -225,8 +240,7 @@ class SimHost:
         injected = self.faults.error_for(method)
         if injected is not None:
             raise CodedError(*injected)
-        kwargs = verb.bind(params)
-        return await verb.handler(**kwargs)
+        return verb, verb.bind(params)
 
     def is_recovering(self) -> bool:
         if self.faults.settings.recovering:
@@ -297,23 +311,21 @@ class SimHost:
     def _register(self) -> None:
         t = self.verbs
         tid = Param("taskID", "str")
-        t.add("Task.getStatus", self._sync(lambda taskID: self.tasks.get_status(taskID)), tid)
-        t.add("Task.getInfo", self._sync(lambda taskID: self.tasks.get_info(taskID)), tid)
-        t.add("Task.stop", self._void(lambda taskID: self.tasks.stop(taskID)), tid)
-        t.add("Task.revert", self._void(lambda taskID: self.tasks.revert(taskID)), tid)
-        t.add("Task.clear", self._void(lambda taskID: self.tasks.clear(taskID)), tid)
-        t.add(
-            "Host.getAllTasksStatuses", self._sync(lambda: self._spm_only(self.tasks.all_statuses))
-        )
-        t.add("Host.getAllTasksInfo", self._sync(lambda: self._spm_only(self.tasks.all_info)))
-        t.add("Host.getAllTasks", self._sync(lambda: self.tasks.all_tasks()))
-        t.add("Host.ping2", self._sync(lambda: True))
-        t.add("Host.ping", self._sync(lambda: True))
-        t.add("Host.getCapabilities", self._sync(self.capabilities))
-        t.add("Host.getStats", self._sync(self.stats))
-        t.add(
+        t.add_now("Task.getStatus", lambda taskID: self.tasks.get_status(taskID), tid)
+        t.add_now("Task.getInfo", lambda taskID: self.tasks.get_info(taskID), tid)
+        t.add_now("Task.stop", self._void(lambda taskID: self.tasks.stop(taskID)), tid)
+        t.add_now("Task.revert", self._void(lambda taskID: self.tasks.revert(taskID)), tid)
+        t.add_now("Task.clear", self._void(lambda taskID: self.tasks.clear(taskID)), tid)
+        t.add_now("Host.getAllTasksStatuses", lambda: self._spm_only(self.tasks.all_statuses))
+        t.add_now("Host.getAllTasksInfo", lambda: self._spm_only(self.tasks.all_info))
+        t.add_now("Host.getAllTasks", lambda: self.tasks.all_tasks())
+        t.add_now("Host.ping2", lambda: True)
+        t.add_now("Host.ping", lambda: True)
+        t.add_now("Host.getCapabilities", self.capabilities)
+        t.add_now("Host.getStats", self.stats)
+        t.add_now(
             "Host.getJobs",
-            self._sync(lambda job_type, job_ids: self.jobs.get_jobs(job_type, job_ids)),
+            lambda job_type, job_ids: self.jobs.get_jobs(job_type, job_ids),
             Param("job_type", "str", None),
             Param("job_ids", "list", None),
         )
@@ -324,21 +336,14 @@ class SimHost:
         register_vm_verbs(self)
 
     @staticmethod
-    def _sync(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-        async def handler(**kwargs: Any) -> Any:
-            return fn(**kwargs)
-
-        return handler
-
-    @staticmethod
-    def _void(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    def _void(fn: Callable[..., Any]) -> Callable[..., Any]:
         """VDSM answers a verb without a return value with `true`."""
 
-        async def handler(**kwargs: Any) -> Any:
+        def run(**kwargs: Any) -> Any:
             fn(**kwargs)
             return True
 
-        return handler
+        return run
 
     def is_spm(self) -> bool:
         pool = self.cluster.storage.pool_of_host(self.name)

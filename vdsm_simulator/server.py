@@ -7,6 +7,8 @@ How the rest of the simulator plugs in (both protocols live in `vdsm_simulator.j
         faults: HostFaults              # wire faults are read from faults.settings on every use
         events: EventBus                # published events go to `jms.queue.events` subscribers
         async def call(self, method: str, params: dict[str, Any] | list[Any]) -> Any
+        def call_now(self, method: str, params: dict[str, Any] | list[Any]) -> Any
+                                        # the same without a task, or NOT_NOW if it may wait
 
     class HostDirectory(Protocol):      # the Cluster
         def get_host(self, name: str | None) -> RpcHost | None   # None: the default host

@@ -166,10 +166,9 @@ class TaskManager:
         me = asyncio.current_task()
         try:
             while not self._closed:
-                try:
-                    task, method = self._queue.get_nowait()
-                except asyncio.QueueEmpty:
+                if self._queue.empty():  # asked, not raised: QueueEmpty was 3 % of a cancel burst
                     return
+                task, method = self._queue.get_nowait()
                 if self._tasks.get(task.id) is not task:
                     continue  # dropped while queued (SPM lost): its job never starts
                 self._busy += 1

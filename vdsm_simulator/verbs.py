@@ -63,6 +63,9 @@ class Verb:
     method: str
     params: tuple[Param, ...]
     handler: Handler
+    # The verb's body when it never waits (Task.*, the task listings, pings): the wire may then
+    # answer in the read that brought the request instead of starting an asyncio task for it.
+    now: Callable[..., Any] | None = None
 
     @functools.cached_property
     def _names(self) -> frozenset[str]:
@@ -108,6 +111,14 @@ class VerbTable:
 
     def add(self, method: str, handler: Handler, *params: Param) -> None:
         self._verbs[method] = Verb(method, params, handler)
+
+    def add_now(self, method: str, fn: Callable[..., Any], *params: Param) -> None:
+        """A verb that never waits: `fn` runs synchronously, from a task or without one."""
+
+        async def handler(**kwargs: Any) -> Any:
+            return fn(**kwargs)
+
+        self._verbs[method] = Verb(method, params, handler, fn)
 
     def get(self, method: str) -> Verb | None:
         return self._verbs.get(method)

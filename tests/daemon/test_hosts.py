@@ -80,6 +80,21 @@ class Calls:
                 return await _orig(method, params)
 
             host.call = counted  # type: ignore[method-assign]
+            original_now = host.call_now
+
+            def counted_now(  # verbs that never wait are answered without `call`
+                method: str,
+                params: Any,
+                _name: str = name,
+                _orig: Any = original_now,
+                _verbs: Any = host.verbs,
+            ) -> Any:
+                verb = _verbs.get(method)
+                if verb is not None and verb.now is not None:
+                    self.counts[(_name, method)] += 1
+                return _orig(method, params)
+
+            host.call_now = counted_now  # type: ignore[method-assign]
 
     def of(self, method: str, host: str | None = None) -> int:
         return sum(n for (h, m), n in self.counts.items() if m == method and host in (None, h))

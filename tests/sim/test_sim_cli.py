@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -16,7 +17,7 @@ import pytest
 
 from daemon.vdsm.client import StompRpcClient
 from tests.conftest import BLANK, wait_for_async, wait_task
-from vdsm_simulator.cli import main, parse_args, settings_from
+from vdsm_simulator.cli import GC_THRESHOLDS, main, parse_args, settings_from, tune_gc
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -135,6 +136,17 @@ async def test_sigkill_and_restart_rolls_back_running_tasks(tmp_path: Path) -> N
             await c.close()
         proc.send_signal(signal.SIGTERM)
         assert await proc.wait() == 0
+
+
+def test_tune_gc_freezes_and_raises_thresholds() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
 
 
 def test_shipped_config_loads() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from vdsm_simulator.tasks import (
     TaskStore,
     check_move,
 )
+from vdsm_simulator.taskstate import St
 from vdsm_simulator.taskstore import TaskSnapshot
 
 S = State
@@ -160,6 +162,12 @@ ALLOWED = {
 
 def test_fifteen_states() -> None:
     assert len(State) == 15
+
+
+def test_plain_state_names_are_the_members() -> None:
+    plain = {k: v for k, v in vars(St).items() if not k.startswith("_")}
+    assert plain == State.__members__
+    assert all(plain[name] is member for name, member in State.__members__.items())
 
 
 @pytest.mark.parametrize("target", list(State))
@@ -338,6 +346,57 @@ async def test_stop_abortable_interrupts_job(tm: TaskManager, undo: Undo) -> Non
     assert status["message"] == f"value={tid} abortedcode=411"
     assert (status["taskState"], status["taskResult"]) == ("finished", "cleanSuccess")
     assert [c[0] for c in undo.calls] == ["undo2", "undo1"]
+
+
+async def test_stopped_work_logs_no_traceback(
+    tm: TaskManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stop's ActionStopped is expected: no warning (a traceback per task was the costliest
+    part of a cancel burst); a job's real failure still gets its traceback."""
+    caplog.set_level(logging.DEBUG, logger="vdsm_simulator.task")
+    job = Job(abortable=True)
+    tid = await tm.schedule("createVolume", job)
+    await started(job)
+    tm.stop(tid)
+    assert (await done(tm, tid))["code"] == 411
+    assert [r.message for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert f"task {tid}: job stopped" in caplog.messages
+    caplog.clear()
+    tid = await tm.schedule("createVolume", Job(fail=RuntimeError("boom"), work=0))
+    await done(tm, tid)
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.message for r in warned] == [f"task {tid}: unexpected error"]
+    assert warned[0].exc_info is not None
+
+
+async def test_abortable_work_runs_to_its_end_unless_stopped(make_tm: Callable[..., Any]) -> None:
+    tm = make_tm()
+    ended: list[float] = []
+
+    async def job(ctx: JobContext) -> str:
+        start = asyncio.get_running_loop().time()
+        await ctx.work(50, abortable=True)  # 50 ms at the fixture's scale
+        ended.append(asyncio.get_running_loop().time() - start)
+        await ctx.work(0, abortable=True)  # nothing to interrupt
+        return "ok"
+
+    tid = await tm.schedule("copyImage", job)
+    status = await done(tm, tid)
+    assert (status["taskResult"], status["code"]) == ("success", 0)
+    assert ended and 0.045 <= ended[0] < 1.0
+    assert tm.get(tid)._abort_callbacks == set()
+
+
+async def test_killed_abortable_work_leaves_no_callback(make_tm: Callable[..., Any]) -> None:
+    tm = make_tm()
+    job = Job(abortable=True)
+    tid = await tm.schedule("copyImage", job)
+    await started(job)
+    task = tm.get(tid)
+    assert len(task._abort_callbacks) == 1
+    await tm.close()  # the process dies: the job is cancelled where it is
+    assert task._abort_callbacks == set()
+    assert state(tm, tid) == "running"
 
 
 async def test_abortable_work_after_stop_stops_at_once(tm: TaskManager) -> None:

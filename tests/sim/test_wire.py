@@ -24,6 +24,7 @@ from vdsm_simulator.clock import SimClock
 from vdsm_simulator.errors import InvalidParams, MethodNotFound, VdsmError
 from vdsm_simulator.events import EventBus
 from vdsm_simulator.faults import HostFaults
+from vdsm_simulator.jsonrpc import NOT_NOW
 from vdsm_simulator.server import SimServer, WireOptions
 
 # -- doubles ---------------------------------------------------------------------------------
@@ -45,6 +46,16 @@ class FakeHost:
         self.gate = asyncio.Event()
 
     async def call(self, method: str, params: dict[str, Any] | list[Any]) -> Any:
+        if method == "Test.wait":
+            self.calls.append((method, params))
+            await self.gate.wait()
+            return "released"
+        return self.call_now(method, params)
+
+    def call_now(self, method: str, params: dict[str, Any] | list[Any]) -> Any:
+        """Every verb but Test.wait answers without waiting, as most of VDSM's task verbs."""
+        if method == "Test.wait":
+            return NOT_NOW
         self.calls.append((method, params))
         if method == "Host.ping2":
             return True
@@ -68,9 +79,6 @@ class FakeHost:
         if method == "Test.blob":
             size = params["size"] if isinstance(params, dict) else 0
             return "x" * size
-        if method == "Test.wait":
-            await self.gate.wait()
-            return "released"
         raise MethodNotFound(f"no {method}")
 
     def called(self, method: str) -> int:
@@ -554,6 +562,116 @@ async def test_oversized_body_is_refused(cluster: FakeCluster) -> None:
         async with asyncio.timeout(5):
             assert (await fut)["result"] == ["x" * 60000]
         await ok.close()
+
+
+class WriteCounter:
+    """The session's real transport, with every `write` recorded on its way through."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self.transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+async def test_replies_of_one_read_go_out_in_one_write(server: SimServer) -> None:
+    """Requests that arrive together are answered by one socket write: the same frames, in the
+    same order, as one reply per write used to send."""
+    client = await StompClient.connect(server.port)
+    await settle(client)
+    (session,) = server.broker.wires["host1"].sessions
+    assert session.transport is not None
+    counter = WriteCounter(session.transport)
+    session.transport = counter  # type: ignore[assignment]
+    before = len(client.messages)
+    ids = [f"r{i}" for i in range(20)]
+    futures = [client.expect(i) for i in ids]
+    client.send_raw(
+        b"".join(
+            encode_frame(
+                Frame(
+                    "SEND",
+                    {"destination": "jms.topic.vdsm_requests", "reply-to": RESPONSES},
+                    json.dumps({"jsonrpc": "2.0", "id": i, "method": "Host.ping2"}).encode(),
+                )
+            )
+            for i in ids
+        )
+    )
+    async with asyncio.timeout(5):
+        await asyncio.gather(*futures)
+    frames = client.messages[before:]
+    assert [json.loads(f.body)["id"] for f in frames] == ids
+    assert b"".join(counter.writes) == b"".join(encode_frame(f) for f in frames)
+    assert len(counter.writes) <= 2  # one per read of the requests (one read here, as a rule)
+    await client.close()
+
+
+def _sends(*calls: tuple[str, str], reply_to: str = RESPONSES) -> bytes:
+    """SEND frames of (id, method) requests, as one buffer for one socket write."""
+    return b"".join(
+        encode_frame(
+            Frame(
+                "SEND",
+                {"destination": "jms.topic.vdsm_requests", "reply-to": reply_to},
+                json.dumps({"jsonrpc": "2.0", "id": i, "method": m}).encode(),
+            )
+        )
+        for i, m in calls
+    )
+
+
+async def test_requests_that_never_wait_run_without_a_task(
+    server: SimServer, cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Verbs that never wait are answered in the read; once one request of a read needs a
+    task, the rest of that read follows it in tasks, so requests still start in order."""
+    spawned: list[str] = []
+    spawn = server.broker.spawn
+
+    def counting_spawn(coro: Any) -> None:
+        spawned.append(coro.cr_frame.f_locals["message"]["method"])
+        spawn(coro)
+
+    monkeypatch.setattr(server.broker, "spawn", counting_spawn)
+    client = await StompClient.connect(server.port)
+    host = cluster.hosts["host1"]
+    futures = [client.expect(i) for i in ("a", "b")]
+    client.send_raw(_sends(("a", "Host.ping2"), ("b", "Test.whoami")))
+    async with asyncio.timeout(5):
+        assert [r["result"] for r in await asyncio.gather(*futures)] == [True, "host1"]
+    assert spawned == []
+    waiting, after = client.expect("w"), client.expect("p")
+    client.send_raw(_sends(("w", "Test.wait"), ("p", "Host.ping2")))
+    await wait_until(lambda: host.called("Host.ping2") == 2)
+    assert [m for m, _ in host.calls[-2:]] == ["Test.wait", "Host.ping2"]
+    assert spawned == ["Test.wait", "Host.ping2"]
+    host.gate.set()
+    async with asyncio.timeout(5):
+        assert (await waiting)["result"] == "released"
+        assert (await after)["result"] is True
+    await client.close()
+
+
+async def test_reply_reaches_a_subscription_made_later_in_the_same_read(
+    server: SimServer,
+) -> None:
+    """A request answered at once is still answered after the rest of its read is handled."""
+    client = await StompClient.connect(server.port, subscribe_replies=False)
+    reply = client.expect("s")
+    client.send_raw(
+        _sends(("s", "Host.ping2"), reply_to="late.replies")
+        + encode_frame(Frame("SUBSCRIBE", {"destination": "late.replies", "id": "L"}))
+    )
+    async with asyncio.timeout(5):
+        assert (await reply)["result"] is True
+    assert client.messages[-1].headers["subscription"] == "L"
+    await client.close()
 
 
 async def test_slow_reader_is_dropped_without_stalling_others(cluster: FakeCluster) -> None:

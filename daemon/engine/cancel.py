@@ -347,8 +347,8 @@ class CancelCoordinator:
     async def _stop_task(self, cancel: CancelRecord, task: model.Task, give_up: float) -> None:
         vdsm_id, host = task.vdsm_id, task.host
         await self._retrying(give_up, lambda: send_on_spm(self.hosts, task, TaskVerb.STOP))
-        # keep the status it has now: a poll may have seen it end while the stop was sent
-        self.registry.set_task_status(task, task.status, stop_sent=True)
+        # not a write of its own: a restart sends the stop again, and VDSM takes it as a repeat
+        self.registry.note_task(task, stop_sent=True)
         cancel.actions.append(
             {"action": "stopped", "task": vdsm_id, "host": host, "at": model.now()}
         )

@@ -401,12 +401,22 @@ class CancelCoordinator:
         )
 
     async def _wait_tasks(self, job: Job, give_up: float) -> None:
-        while any(t.status is TaskStatus.POLLING for t in self.registry.job_tasks(job.id)):
-            if time.time() > give_up:
-                raise _Unreachable("cancel deadline passed while tasks were still running")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.retry * 4):
+        """Until no task of the job is POLLING (the poller's reports wake this), or the cancel
+        deadline. One timer for the whole wait rather than one per wake-up: every report of
+        any of the job's tasks wakes it, several times per task in a burst."""
+
+        def running() -> bool:
+            return any(t.status is TaskStatus.POLLING for t in self.registry.job_tasks(job.id))
+
+        try:
+            async with asyncio.timeout(max(0.0, give_up - time.time())):
+                while running():
                     await self.registry.wait_changed(job.id)
+        except TimeoutError:
+            if running():
+                raise _Unreachable(
+                    "cancel deadline passed while tasks were still running"
+                ) from None
 
     async def _retrying(self, give_up: float, call: Any) -> Any:
         """Retry a verb while its host cannot be reached, until the cancel deadline."""

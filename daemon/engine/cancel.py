@@ -214,10 +214,12 @@ class CancelCoordinator:
     # -- carrying a cancel out -------------------------------------------------------------------
 
     async def _carry_out(self, job: Job) -> None:
-        """Cancel the job's coroutine, then run the cleanup as a task of its own.
+        """Cancel the job's coroutine and run the cleanup as a task of its own, which waits for
+        that coroutine to have unwound before it does anything but stop the tasks VDSM already
+        runs (`_stop_everything`).
 
-        Neither wait takes the cancellation of what it waits for: `asyncio.wait` returns when
-        the awaited task is done however it ended, and leaves it running if this runner is
+        No wait takes the cancellation of what it waits for: `asyncio.wait` returns when the
+        awaited task is done however it ended, and leaves it running if this runner is
         cancelled instead (shutdown), so the runner's own cancellation always propagates
         (prior-art §5: never swallow it). The cleanup is tracked apart so shutdown stops it
         too; it resumes from the committed state after the next start."""
@@ -228,24 +230,29 @@ class CancelCoordinator:
             cancel.actions.append({"action": "too_late", "phase": "end", "at": model.now()})
             await self.registry.touch_job(job)
             return  # the job completes on its own and ends FINISHED or FAILED
-        running = self.executor.running_task(job.id)
-        if running is not None and not running.done():
-            running.cancel()
-            await asyncio.wait({running})
+        unwinding = self.executor.running_task(job.id)
+        if unwinding is not None and not unwinding.done():
+            unwinding.cancel()
+        else:
+            unwinding = None
         for pool in {t.pool for t in self.registry.job_tasks(job.id)}:
             self.hosts.boost(pool)
-        completed = await self._run_cleanup(job, interruptible=not cancel.force)
+        completed = await self._run_cleanup(job, unwinding, interruptible=not cancel.force)
         if not completed and job.status is JobStatus.CANCELLING:
             # forced while the cleanup waited on a host: one attempt at what is left, then the
             # job ends ABORTED and the reaper takes the tasks still on hosts
-            await self._run_cleanup(job, interruptible=False)
+            await self._run_cleanup(job, unwinding, interruptible=False)
 
-    async def _run_cleanup(self, job: Job, *, interruptible: bool) -> bool:
+    async def _run_cleanup(
+        self, job: Job, unwinding: asyncio.Task[None] | None, *, interruptible: bool
+    ) -> bool:
         """Run the cleanup to its end (True), or, if `interruptible`, until a force escalation
         cancels it (False; it has unwound before this returns). The escalation cancels the
         cleanup task itself (`_launch`) rather than setting an event a second task waits on:
         one task per cancel less, in bursts of thousands."""
-        cleanup = asyncio.create_task(self._cleanup(job), name=f"cancel-cleanup-{job.id}")
+        cleanup = asyncio.create_task(
+            self._cleanup(job, unwinding), name=f"cancel-cleanup-{job.id}"
+        )
         self._cleanups[job.id] = cleanup
         if interruptible:
             self._interruptible[job.id] = cleanup
@@ -262,7 +269,8 @@ class CancelCoordinator:
             if self._cleanups.get(job.id) is cleanup:
                 del self._cleanups[job.id]
 
-    async def _cleanup(self, job: Job) -> None:
+    async def _cleanup(self, job: Job, unwinding: asyncio.Task[None] | None) -> None:
+        """`unwinding`: the job's coroutine, cancelled and maybe still unwinding."""
         cancel = job.cancel
         assert cancel is not None
         give_up = cancel.requested_at + self.deadline
@@ -270,10 +278,10 @@ class CancelCoordinator:
             if cancel.force:
                 # one attempt each, no waiting: what does not answer is orphaned for the reaper
                 with contextlib.suppress(_Unreachable, VdsmCallError, DaemonError):
-                    await self._stop_everything(job, give_up=time.time())
+                    await self._stop_everything(job, unwinding, give_up=time.time())
                 await self._finish(job, JobStatus.ABORTED, "forced", orphan=True)
                 return
-            await self._stop_everything(job, give_up=give_up)
+            await self._stop_everything(job, unwinding, give_up=give_up)
             if cancel.mode is CancelMode.REVERT:
                 await self._revert(job, give_up)
             await self._clear(job, give_up)
@@ -313,9 +321,21 @@ class CancelCoordinator:
         ordered = sorted(records, key=lambda r: (-depth(r), -r.sequence, -r.created_at))
         return [self.executor.actions[r.action](ctx, r) for r in ordered]
 
-    async def _stop_everything(self, job: Job, *, give_up: float) -> None:
+    async def _stop_everything(
+        self, job: Job, unwinding: asyncio.Task[None] | None, *, give_up: float
+    ) -> None:
+        """Stop what the job runs, then wait for every task of it to have ended.
+
+        The tasks VDSM already runs are stopped at once, while the job's coroutine unwinds
+        (in a burst of cancels each takes several loop iterations, so the stops no longer wait
+        for all of them); everything else waits for the unwinding: commands' own cancel verbs,
+        placeholders whose verb never answered, and the tasks whose ids the unwinding still
+        recorded (a verb in flight, rule 3), stopped then."""
         cancel = job.cancel
         assert cancel is not None
+        if unwinding is not None and not unwinding.done():
+            await self._stop_running(job, give_up)
+            await asyncio.wait({unwinding})
         for command in self._commands(job):
             if command.record.status in model.COMMAND_TERMINAL:
                 continue
@@ -326,23 +346,32 @@ class CancelCoordinator:
                 cancel.actions.append(
                     {"action": what, "command": command.record.id, "at": model.now()}
                 )
-        running = []
         for task in self.registry.job_tasks(job.id):
             if task.status is TaskStatus.SUBMITTING:
                 self.registry.set_task_status(
                     task, TaskStatus.LOST, message="verb outcome unknown; reaped if it exists"
                 )
-            elif task.status is TaskStatus.POLLING and not task.stop_sent and task.vdsm_id:
-                running.append(task)
-        await _all(self._stop_task(cancel, task, give_up) for task in running)
-        # Each stop is on record in its task (`stop_sent`); the job's record of them is written
-        # with its next change, not committed here as well: a crash before that sends the stop
-        # again after the restart, which VDSM answers as a repeat (task_verbs.py).
-        for pool in {task.pool for task in running}:
-            self.hosts.boost(pool)  # poll soon for the aborts, even after a long retry
+        await self._stop_running(job, give_up)
         await self._wait_tasks(job, give_up)
         if any(task_succeeded(t) and not t.revert_sent for t in self.registry.job_tasks(job.id)):
             cancel.late = True  # some work completed before the stop arrived
+
+    async def _stop_running(self, job: Job, give_up: float) -> None:
+        """Task.stop for every task of the job VDSM runs that was not stopped yet, at once.
+
+        Each stop is on record in its task (`stop_sent`); the job's record of them is written
+        with its next change, not committed here as well: a crash before that sends the stop
+        again after the restart, which VDSM answers as a repeat (task_verbs.py)."""
+        cancel = job.cancel
+        assert cancel is not None
+        running = [
+            t
+            for t in self.registry.job_tasks(job.id)
+            if t.status is TaskStatus.POLLING and not t.stop_sent and t.vdsm_id
+        ]
+        await _all(self._stop_task(cancel, task, give_up) for task in running)
+        for pool in {task.pool for task in running}:
+            self.hosts.boost(pool)  # poll soon for the aborts, even after a long retry
 
     async def _stop_task(self, cancel: CancelRecord, task: model.Task, give_up: float) -> None:
         vdsm_id, host = task.vdsm_id, task.host

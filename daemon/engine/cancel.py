@@ -406,7 +406,10 @@ class CancelCoordinator:
                 cancel.actions.append(
                     {"action": what, "command": command.record.id, "at": model.now()}
                 )
-        await self.registry.touch_job(job)
+        # Queued, not waited for: the store commits in order, so no later change of the job
+        # (a clear, its end) is on disk without this one; a crash before it runs the
+        # (idempotent) compensations again. Waiting held every reverting job for a commit.
+        self.registry.touch_job(job)
 
     async def _clear(self, job: Job, give_up: float) -> None:
         cancel = job.cancel

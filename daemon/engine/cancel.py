@@ -334,8 +334,13 @@ class CancelCoordinator:
         cancel = job.cancel
         assert cancel is not None
         if unwinding is not None and not unwinding.done():
-            await self._stop_running(job, give_up)
-            await asyncio.wait({unwinding})
+            try:
+                # one attempt each, no retry: whatever fails is stopped again below, once the
+                # unwinding is over (nothing else may run before that, whatever happens here)
+                with contextlib.suppress(_Unreachable, VdsmCallError, DaemonError):
+                    await self._stop_running(job, give_up=0.0)
+            finally:
+                await asyncio.wait({unwinding})
         for command in self._commands(job):
             if command.record.status in model.COMMAND_TERMINAL:
                 continue
@@ -351,12 +356,12 @@ class CancelCoordinator:
                 self.registry.set_task_status(
                     task, TaskStatus.LOST, message="verb outcome unknown; reaped if it exists"
                 )
-        await self._stop_running(job, give_up)
+        await self._stop_running(job, give_up=give_up)
         await self._wait_tasks(job, give_up)
         if any(task_succeeded(t) and not t.revert_sent for t in self.registry.job_tasks(job.id)):
             cancel.late = True  # some work completed before the stop arrived
 
-    async def _stop_running(self, job: Job, give_up: float) -> None:
+    async def _stop_running(self, job: Job, *, give_up: float) -> None:
         """Task.stop for every task of the job VDSM runs that was not stopped yet, at once.
 
         Each stop is on record in its task (`stop_sent`); the job's record of them is written

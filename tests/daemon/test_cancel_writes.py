@@ -88,5 +88,6 @@ async def test_a_state_short_of_finished_is_published_but_not_written(tmp_path: 
             host.gate.open()
         job = await s.wait_job(job)
         assert job.status is JobStatus.FINISHED
+        await store.flush()  # the job's end is in memory before its commit
         (row,) = store.read_job_tree(job.id).tasks
         assert (row["status"], row["vdsm_state"]) == ("CLEARED", "finished")

@@ -7,10 +7,13 @@ Order of a cancel (DESIGN.md "Cancellation", rules 1-6):
    late: the job completes and its record says so. Otherwise the job's asyncio Task is cancelled;
    a task-creating verb in flight still has its task id recorded (command.py).
 3. The cleanup runs as its own Task, which the job's one runner waits on without cancelling it
-   (`asyncio.wait`), persisting each step: command-specific cancel verbs (VM.migrateCancel),
-   Task.stop for running tasks (all of a job's at once), then under revert Task.revert newest
-   first and each completed command's compensation, then Task.clear for everything (at once). A
-   host that does not answer is retried with backoff until the cancel deadline (job FAILED, tasks
+   (`asyncio.wait`), persisting each step a restart could not simply redo (a stop VDSM
+   answered is only noted: sent again, it counts as a repeat): Task.stop for the tasks VDSM
+   already runs (all of a job's at once, while the job's coroutine unwinds); once it has
+   unwound, command-specific cancel verbs (VM.migrateCancel) and Task.stop for the tasks the
+   unwinding recorded or an early stop missed; then under revert Task.revert newest first and
+   each completed command's compensation, then Task.clear for everything (at once). A host that
+   does not answer is retried with backoff until the cancel deadline (job FAILED, tasks
    orphaned); `force` ends the job at once and orphans what is left for the reaper, and a force
    escalation interrupts a cleanup that is waiting on a host.
 4. On restart, CANCELLING jobs are picked up again here and carried to the end.

@@ -105,6 +105,10 @@ class PhaseResult:
     vdsm_p99_s: float = float("nan")
     daemon_cpu_s: float = 0.0  # CPU seconds of this process from the clock's start to the end
     sim_cpu_s: float = 0.0  # CPU seconds of the simulator (VDSM's side) over the same span
+    # record changes the daemon committed over the same span, per job (each one serialized and
+    # written to SQLite: the larger part of the daemon's CPU in a burst), and its commits
+    writes_per_job: float = 0.0
+    commits: int = 0
     sim_tasks_left: int = 0
     volumes_left: int = 0  # revert: volumes beyond those the pools started with
     errors: list[str] = field(default_factory=list)
@@ -222,6 +226,7 @@ async def run_phase(
             # the oldest task started right after t_submit: this is the least time any has left
             remaining = task_seconds - ramp
             cpu0, sim_cpu0 = cpu_seconds(), cpu_seconds(sim.pid)
+            ops0, commits0 = daemon.store.stats.ops, daemon.store.stats.commits
             requested: dict[str, float] = {}
             acked: dict[str, float] = {}
             expect = JobStatus.FINISHED
@@ -244,6 +249,9 @@ async def run_phase(
                 END_TIMEOUT if name != "baseline" else END_TIMEOUT + task_seconds,
             )
             cpu, sim_cpu = cpu_seconds() - cpu0, cpu_seconds(sim.pid) - sim_cpu0
+            await daemon.store.flush()  # the last jobs' ends are committed: count them
+            ops = daemon.store.stats.ops - ops0 - 1  # not the flush's own barrier
+            commits = daemon.store.stats.commits - commits0
             latencies: list[float] = []
             vdsm_ids: dict[str, tuple[list[str], float]] = {}
             stopped_at: dict[str, float] = {}
@@ -319,6 +327,8 @@ async def run_phase(
         vdsm_p99_s=round(percentile(aborted, 0.99), 3),
         daemon_cpu_s=round(cpu, 2),
         sim_cpu_s=round(sim_cpu, 2),
+        writes_per_job=round(ops / jobs, 1),
+        commits=commits,
         sim_tasks_left=left,
         volumes_left=volumes_left,
         errors=errors[:5],
@@ -384,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{'phase':<10}{'jobs':>6}{'ok':>6}{'wrong':>6}{'ramp s':>8}{'left s':>8}"
         f"{'p50 s':>9}{'p90 s':>9}{'p99 s':>9}{'max s':>9}{'ack p50/p99 s':>16}"
         f"{'stops p50/p99':>16}{'VDSM p50/p99':>16}{'after VDSM p50/p99':>20}{'CPU s':>7}"
-        f"{'sim CPU':>8}{'sim tasks':>10}{'vols':>5}"
+        f"{'sim CPU':>8}{'writes/job':>11}{'sim tasks':>10}{'vols':>5}"
     )
     for r in results:
         print(
@@ -394,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r.stopped_p50_s:>9.3f}/{r.stopped_p99_s:<6.3f}"
             f"{r.vdsm_p50_s:>9.3f}/{r.vdsm_p99_s:<6.3f}"
             f"{r.after_vdsm_p50_s:>13.3f}/{r.after_vdsm_p99_s:<6.3f}"
-            f"{r.daemon_cpu_s:>7.1f}{r.sim_cpu_s:>8.1f}"
+            f"{r.daemon_cpu_s:>7.1f}{r.sim_cpu_s:>8.1f}{r.writes_per_job:>11.1f}"
             f"{r.sim_tasks_left:>10}{r.volumes_left:>5}"
         )
         for e in r.errors:

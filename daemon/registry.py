@@ -328,6 +328,24 @@ class Registry:
             self._end_task_step(task)
         return done
 
+    def note_task(self, task: Task, **changes: Any) -> None:
+        """Change a task in memory and publish it, without a store write of its own: only for
+        facts a restart learns again at no risk. The task's next written change carries them
+        (a record is always written whole).
+
+        The two facts that made a third of the task writes of a cancel burst: a VDSM state
+        short of finished (the next poll reports it again) and a stop VDSM answered (sent
+        again after a restart; VDSM takes the repeat as done, task_verbs.py). Neither is an
+        acknowledgement, and nothing decided on them goes unwritten: a task's status moves
+        only through `set_task_status`."""
+        for key, value in changes.items():
+            setattr(task, key, value)
+        task.updated_at = model.now()
+        self.events.publish("task", "updated", task.id, task.job_id, model.to_doc(task))
+        event = self._changed.pop(task.job_id, None)
+        if event is not None:
+            event.set()
+
     def _end_task_step(self, task: Task) -> None:
         """A task's step ends with its task, as the engine's does: success FINISHED, a task we
         stopped ABORTED, any other result FAILED. Without this a finished job kept its task
@@ -355,8 +373,11 @@ class Registry:
             task.message,
         ):
             return False
+        if state != "finished":  # the next poll reports it again after a restart
+            self.note_task(task, vdsm_state=state, vdsm_result=result, code=code, message=message)
+            return True
         task.vdsm_state, task.vdsm_result, task.code, task.message = state, result, code, message
-        self.set_task_status(task, TaskStatus.ENDED if state == "finished" else task.status)
+        self.set_task_status(task, TaskStatus.ENDED)
         return True
 
     def _index_task(self, task: Task) -> None:

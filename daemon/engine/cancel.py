@@ -7,10 +7,13 @@ Order of a cancel (DESIGN.md "Cancellation", rules 1-6):
    late: the job completes and its record says so. Otherwise the job's asyncio Task is cancelled;
    a task-creating verb in flight still has its task id recorded (command.py).
 3. The cleanup runs as its own Task, which the job's one runner waits on without cancelling it
-   (`asyncio.wait`), persisting each step: command-specific cancel verbs (VM.migrateCancel),
-   Task.stop for running tasks (all of a job's at once), then under revert Task.revert newest
-   first and each completed command's compensation, then Task.clear for everything (at once). A
-   host that does not answer is retried with backoff until the cancel deadline (job FAILED, tasks
+   (`asyncio.wait`), persisting each step a restart could not simply redo (a stop VDSM
+   answered is only noted: sent again, it counts as a repeat): Task.stop for the tasks VDSM
+   already runs (all of a job's at once, while the job's coroutine unwinds); once it has
+   unwound, command-specific cancel verbs (VM.migrateCancel) and Task.stop for the tasks the
+   unwinding recorded or an early stop missed; then under revert Task.revert newest first and
+   each completed command's compensation, then Task.clear for everything (at once). A host that
+   does not answer is retried with backoff until the cancel deadline (job FAILED, tasks
    orphaned); `force` ends the job at once and orphans what is left for the reaper, and a force
    escalation interrupts a cleanup that is waiting on a host.
 4. On restart, CANCELLING jobs are picked up again here and carried to the end.
@@ -19,7 +22,6 @@ Order of a cancel (DESIGN.md "Cancellation", rules 1-6):
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import time
@@ -76,10 +78,8 @@ class CancelCoordinator:
         self.retry = retry
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._cleanups: dict[str, asyncio.Task[None]] = {}  # not the runner's: tracked apart
-        # set when a force escalates a cancel whose runner is under way
-        self._forced: collections.defaultdict[str, asyncio.Event] = collections.defaultdict(
-            asyncio.Event
-        )
+        # the cleanups a force escalation interrupts (those that may wait on a host)
+        self._interruptible: dict[str, asyncio.Task[None]] = {}
         self._clearing: set[str] = set()  # jobs past their last chance to revert
 
     # -- requests ----------------------------------------------------------------------------
@@ -169,11 +169,14 @@ class CancelCoordinator:
 
     def _launch(self, job: Job) -> None:
         """One runner per job. A force arriving while the runner waits on a host does not start
-        a second runner: it wakes this one, which drops the slow path and ends the job."""
+        a second runner: it interrupts this one's cleanup, and the runner then drops the slow
+        path and ends the job (a force before the cleanup started makes it the fast one)."""
         runner = self._runners.get(job.id)
         if runner is not None and not runner.done():
             if job.cancel is not None and job.cancel.force:
-                self._forced[job.id].set()
+                slow = self._interruptible.pop(job.id, None)
+                if slow is not None:
+                    slow.cancel()
             return
         runner = asyncio.create_task(self._carry_out(job), name=f"cancel-{job.id}")
         self._runners[job.id] = runner
@@ -182,7 +185,6 @@ class CancelCoordinator:
     def _forget_runner(self, job_id: str, runner: asyncio.Task[None]) -> None:
         if self._runners.get(job_id) is runner:
             del self._runners[job_id]
-            self._forced.pop(job_id, None)
 
     async def recover(self) -> list[str]:
         """Restart: carry every committed cancel to its end (nothing is re-decided)."""
@@ -215,10 +217,12 @@ class CancelCoordinator:
     # -- carrying a cancel out -------------------------------------------------------------------
 
     async def _carry_out(self, job: Job) -> None:
-        """Cancel the job's coroutine, then run the cleanup as a task of its own.
+        """Cancel the job's coroutine and run the cleanup as a task of its own, which waits for
+        that coroutine to have unwound before it does anything but stop the tasks VDSM already
+        runs (`_stop_everything`).
 
-        Neither wait takes the cancellation of what it waits for: `asyncio.wait` returns when
-        the awaited task is done however it ended, and leaves it running if this runner is
+        No wait takes the cancellation of what it waits for: `asyncio.wait` returns when the
+        awaited task is done however it ended, and leaves it running if this runner is
         cancelled instead (shutdown), so the runner's own cancellation always propagates
         (prior-art §5: never swallow it). The cleanup is tracked apart so shutdown stops it
         too; it resumes from the committed state after the next start."""
@@ -229,43 +233,47 @@ class CancelCoordinator:
             cancel.actions.append({"action": "too_late", "phase": "end", "at": model.now()})
             await self.registry.touch_job(job)
             return  # the job completes on its own and ends FINISHED or FAILED
-        running = self.executor.running_task(job.id)
-        if running is not None and not running.done():
-            running.cancel()
-            await asyncio.wait({running})
+        unwinding = self.executor.running_task(job.id)
+        if unwinding is not None and not unwinding.done():
+            unwinding.cancel()
+        else:
+            unwinding = None
         for pool in {t.pool for t in self.registry.job_tasks(job.id)}:
             self.hosts.boost(pool)
-        completed = await self._run_cleanup(job, interruptible=not cancel.force)
+        completed = await self._run_cleanup(job, unwinding, interruptible=not cancel.force)
         if not completed and job.status is JobStatus.CANCELLING:
             # forced while the cleanup waited on a host: one attempt at what is left, then the
             # job ends ABORTED and the reaper takes the tasks still on hosts
-            await self._run_cleanup(job, interruptible=False)
+            await self._run_cleanup(job, unwinding, interruptible=False)
 
-    async def _run_cleanup(self, job: Job, *, interruptible: bool) -> bool:
+    async def _run_cleanup(
+        self, job: Job, unwinding: asyncio.Task[None] | None, *, interruptible: bool
+    ) -> bool:
         """Run the cleanup to its end (True), or, if `interruptible`, until a force escalation
-        (False): the slow cleanup is then cancelled and has unwound before this returns."""
-        cleanup = asyncio.create_task(self._cleanup(job), name=f"cancel-cleanup-{job.id}")
+        cancels it (False; it has unwound before this returns). The escalation cancels the
+        cleanup task itself (`_launch`) rather than setting an event a second task waits on:
+        one task per cancel less, in bursts of thousands."""
+        cleanup = asyncio.create_task(
+            self._cleanup(job, unwinding), name=f"cancel-cleanup-{job.id}"
+        )
         self._cleanups[job.id] = cleanup
-        waits: set[asyncio.Task[Any]] = {cleanup}
         if interruptible:
-            waits.add(asyncio.create_task(self._forced[job.id].wait()))
+            self._interruptible[job.id] = cleanup
         try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            if not cleanup.done():
-                cleanup.cancel()
-                await asyncio.wait({cleanup})
+            await asyncio.wait({cleanup})
             if cleanup.cancelled():
                 return False
             if (error := cleanup.exception()) is not None:  # _cleanup ends the job on errors
                 log.error("job %s: cancel cleanup failed: %r", job.id, error, exc_info=error)
             return True
         finally:
-            for waiting in waits - {cleanup}:
-                waiting.cancel()
+            if self._interruptible.get(job.id) is cleanup:
+                del self._interruptible[job.id]
             if self._cleanups.get(job.id) is cleanup:
                 del self._cleanups[job.id]
 
-    async def _cleanup(self, job: Job) -> None:
+    async def _cleanup(self, job: Job, unwinding: asyncio.Task[None] | None) -> None:
+        """`unwinding`: the job's coroutine, cancelled and maybe still unwinding."""
         cancel = job.cancel
         assert cancel is not None
         give_up = cancel.requested_at + self.deadline
@@ -273,10 +281,10 @@ class CancelCoordinator:
             if cancel.force:
                 # one attempt each, no waiting: what does not answer is orphaned for the reaper
                 with contextlib.suppress(_Unreachable, VdsmCallError, DaemonError):
-                    await self._stop_everything(job, give_up=time.time())
+                    await self._stop_everything(job, unwinding, give_up=time.time())
                 await self._finish(job, JobStatus.ABORTED, "forced", orphan=True)
                 return
-            await self._stop_everything(job, give_up=give_up)
+            await self._stop_everything(job, unwinding, give_up=give_up)
             if cancel.mode is CancelMode.REVERT:
                 await self._revert(job, give_up)
             await self._clear(job, give_up)
@@ -316,9 +324,26 @@ class CancelCoordinator:
         ordered = sorted(records, key=lambda r: (-depth(r), -r.sequence, -r.created_at))
         return [self.executor.actions[r.action](ctx, r) for r in ordered]
 
-    async def _stop_everything(self, job: Job, *, give_up: float) -> None:
+    async def _stop_everything(
+        self, job: Job, unwinding: asyncio.Task[None] | None, *, give_up: float
+    ) -> None:
+        """Stop what the job runs, then wait for every task of it to have ended.
+
+        The tasks VDSM already runs are stopped at once, while the job's coroutine unwinds
+        (in a burst of cancels each takes several loop iterations, so the stops no longer wait
+        for all of them); everything else waits for the unwinding: commands' own cancel verbs,
+        placeholders whose verb never answered, and the tasks whose ids the unwinding still
+        recorded (a verb in flight, rule 3), stopped then."""
         cancel = job.cancel
         assert cancel is not None
+        if unwinding is not None and not unwinding.done():
+            try:
+                # one attempt each, no retry: whatever fails is stopped again below, once the
+                # unwinding is over (nothing else may run before that, whatever happens here)
+                with contextlib.suppress(_Unreachable, VdsmCallError, DaemonError):
+                    await self._stop_running(job, give_up=0.0)
+            finally:
+                await asyncio.wait({unwinding})
         for command in self._commands(job):
             if command.record.status in model.COMMAND_TERMINAL:
                 continue
@@ -329,29 +354,41 @@ class CancelCoordinator:
                 cancel.actions.append(
                     {"action": what, "command": command.record.id, "at": model.now()}
                 )
-        running = []
         for task in self.registry.job_tasks(job.id):
             if task.status is TaskStatus.SUBMITTING:
                 self.registry.set_task_status(
                     task, TaskStatus.LOST, message="verb outcome unknown; reaped if it exists"
                 )
-            elif task.status is TaskStatus.POLLING and not task.stop_sent and task.vdsm_id:
-                running.append(task)
-        await _all(self._stop_task(cancel, task, give_up) for task in running)
-        await self.registry.touch_job(job)
+        await self._stop_running(job, give_up=give_up)
         await self._wait_tasks(job, give_up)
         if any(task_succeeded(t) and not t.revert_sent for t in self.registry.job_tasks(job.id)):
             cancel.late = True  # some work completed before the stop arrived
 
+    async def _stop_running(self, job: Job, *, give_up: float) -> None:
+        """Task.stop for every task of the job VDSM runs that was not stopped yet, at once.
+
+        Each stop is on record in its task (`stop_sent`); the job's record of them is written
+        with its next change, not committed here as well: a crash before that sends the stop
+        again after the restart, which VDSM answers as a repeat (task_verbs.py)."""
+        cancel = job.cancel
+        assert cancel is not None
+        running = [
+            t
+            for t in self.registry.job_tasks(job.id)
+            if t.status is TaskStatus.POLLING and not t.stop_sent and t.vdsm_id
+        ]
+        await _all(self._stop_task(cancel, task, give_up) for task in running)
+        for pool in {task.pool for task in running}:
+            self.hosts.boost(pool)  # poll soon for the aborts, even after a long retry
+
     async def _stop_task(self, cancel: CancelRecord, task: model.Task, give_up: float) -> None:
         vdsm_id, host = task.vdsm_id, task.host
         await self._retrying(give_up, lambda: send_on_spm(self.hosts, task, TaskVerb.STOP))
-        # keep the status it has now: a poll may have seen it end while the stop was sent
-        self.registry.set_task_status(task, task.status, stop_sent=True)
+        # not a write of its own: a restart sends the stop again, and VDSM takes it as a repeat
+        self.registry.note_task(task, stop_sent=True)
         cancel.actions.append(
             {"action": "stopped", "task": vdsm_id, "host": host, "at": model.now()}
         )
-        self.hosts.watch(task.pool)
 
     async def _revert(self, job: Job, give_up: float) -> None:
         cancel = job.cancel
@@ -377,7 +414,10 @@ class CancelCoordinator:
                 cancel.actions.append(
                     {"action": what, "command": command.record.id, "at": model.now()}
                 )
-        await self.registry.touch_job(job)
+        # Queued, not waited for: the store commits in order, so no later change of the job
+        # (a clear, its end) is on disk without this one; a crash before it runs the
+        # (idempotent) compensations again. Waiting held every reverting job for a commit.
+        self.registry.touch_job(job)
 
     async def _clear(self, job: Job, give_up: float) -> None:
         cancel = job.cancel
@@ -401,12 +441,22 @@ class CancelCoordinator:
         )
 
     async def _wait_tasks(self, job: Job, give_up: float) -> None:
-        while any(t.status is TaskStatus.POLLING for t in self.registry.job_tasks(job.id)):
-            if time.time() > give_up:
-                raise _Unreachable("cancel deadline passed while tasks were still running")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.retry * 4):
+        """Until no task of the job is POLLING (the poller's reports wake this), or the cancel
+        deadline. One timer for the whole wait rather than one per wake-up: every report of
+        any of the job's tasks wakes it, several times per task in a burst."""
+
+        def running() -> bool:
+            return any(t.status is TaskStatus.POLLING for t in self.registry.job_tasks(job.id))
+
+        try:
+            async with asyncio.timeout(max(0.0, give_up - time.time())):
+                while running():
                     await self.registry.wait_changed(job.id)
+        except TimeoutError:
+            if running():
+                raise _Unreachable(
+                    "cancel deadline passed while tasks were still running"
+                ) from None
 
     async def _retrying(self, give_up: float, call: Any) -> Any:
         """Retry a verb while its host cannot be reached, until the cancel deadline."""

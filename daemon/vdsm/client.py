@@ -22,7 +22,15 @@ from jsonrpcclient import Error, Ok, notification, parse, request
 
 from daemon.model import new_id
 from daemon.vdsm.errors import ClientTimeout, ConnectionLost, VdsmCallError, error_for
-from daemon.vdsm.stomp import HEARTBEAT, Frame, FrameParser, StompError, encode_frame
+from daemon.vdsm.stomp import (
+    HEARTBEAT,
+    Frame,
+    FrameParser,
+    StompError,
+    encode_frame,
+    encode_head,
+    encode_with_head,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +73,11 @@ class StompRpcClient:
         self._connecting: asyncio.Lock | None = None
         self._listeners: list[EventCallback] = []
         self._outgoing: list[bytes] = []  # frames to send at the end of this loop iteration
+        # A request's SEND frame up to its content-length: the same for every call without
+        # extra headers, so escaped and joined once instead of once per call.
+        self._send_head = encode_head(
+            "SEND", {"destination": request_destination, "reply-to": response_destination}
+        )
         self.connects = 0
 
     @property
@@ -223,14 +236,18 @@ class StompRpcClient:
         if self._writer is None:
             raise ConnectionLost(5022, "not connected", "", self.label)
         body = _encode(payload)
-        frame_headers = {
-            "destination": self.request_destination,
-            "reply-to": self.response_destination,
-            **(headers or {}),
-        }
+        if headers:
+            frame_headers = {
+                "destination": self.request_destination,
+                "reply-to": self.response_destination,
+                **headers,
+            }
+            frame = encode_frame(Frame("SEND", frame_headers, body))
+        else:
+            frame = encode_with_head(self._send_head, body)
         if not self._outgoing:
             asyncio.get_running_loop().call_soon(self._flush, self._writer)
-        self._outgoing.append(encode_frame(Frame("SEND", frame_headers, body)))
+        self._outgoing.append(frame)
 
     def _flush(self, writer: asyncio.StreamWriter) -> None:
         """Send the frames queued in one loop iteration with one write (one `send` system
@@ -257,18 +274,27 @@ class StompRpcClient:
         params_arg: dict[str, Any] | tuple[Any, ...] | None = (
             params if params is None or isinstance(params, dict) else tuple(params)
         )
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         self._pending[call_id] = future
         headers = {"ovirtCorrelationId": correlation_id} if correlation_id else None
+        # The deadline fails the reply's future instead of cancelling this coroutine: a timer
+        # handle per call rather than an `asyncio.timeout` (its context object, task look-up,
+        # reschedule and uncancel bookkeeping cost ~8 us of the ~25 us an awaited reply costs
+        # the loop; a cancel burst makes 6,000 calls). Nothing is cancelled by the deadline, so
+        # a cancellation of the caller still arrives as itself.
+        expiry = loop.call_at(
+            loop.time() + (self.timeout if timeout is None else timeout), _expire, future
+        )
         try:
             self._send(request(method, params=params_arg, id=call_id), headers)
-            async with asyncio.timeout(self.timeout if timeout is None else timeout):
-                reply = await future
-        except TimeoutError:
+            reply = await future
+        except _Expired:
             raise ClientTimeout.of_call(method, self.label) from None
         except ConnectionLost as e:
             raise ConnectionLost(e.vdsm_code, e.message, method, self.label) from None
         finally:
+            expiry.cancel()
             self._pending.pop(call_id, None)
         return self._result(method, reply)
 
@@ -324,6 +350,15 @@ class StompRpcClient:
             except VdsmCallError as e:
                 results.append(e)
         return results
+
+
+class _Expired(Exception):
+    """A call's deadline passed before its reply came (set on the reply's future)."""
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(_Expired())
 
 
 def _encode(payload: Any) -> bytes:

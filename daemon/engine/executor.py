@@ -75,6 +75,14 @@ class Executor:
         self.cancels: CancelCoordinator | None = None  # set at wiring; CancelJob cancels with it
         self._done_writes: dict[str, asyncio.Future[None]] = {}  # job -> root's "done" commit
         self._closing = False
+        # Commands between the start of their execute phase and the queued write of the phase
+        # after it, per job. A restart cannot tell how far such a command got (a multi-task
+        # command may have more verbs to send), so it ends it as interrupted; a stop therefore
+        # lets them reach their next phase first, for up to `close_grace` seconds.
+        self._executing: collections.Counter[str] = collections.Counter()
+        self._executed = asyncio.Event()  # set whenever no command is executing
+        self._executed.set()
+        self.close_grace = 5.0
         # Jobs resumed at start wait for their turn here (see `recover`); the pacer opens them.
         self._turns: collections.deque[asyncio.Future[None]] = collections.deque()
         self._pacer: asyncio.Task[None] | None = None
@@ -284,14 +292,21 @@ class Executor:
             if top:
                 ctx.tasks_step = step
             self.registry.set_command_status(record, CommandStatus.ACTIVE)
+            self._start_executing(job.id)
             try:
-                await command.execute()
-                await self._phase(record, "wait")
-                phase = "wait"
-            except (CommandFailed, DaemonError, VdsmCallError) as e:
-                error = _message(e)
-                await self._phase(record, "end", CommandStatus.EXECUTION_FAILED, error=error)
-                phase = "end"
+                try:
+                    await command.execute()
+                    written = self._queue_phase(record, "wait")
+                    phase = "wait"
+                except (CommandFailed, DaemonError, VdsmCallError) as e:
+                    error = _message(e)
+                    written = self._queue_phase(
+                        record, "end", CommandStatus.EXECUTION_FAILED, error=error
+                    )
+                    phase = "end"
+            finally:
+                self._stop_executing(job.id)
+            await written
             if step:
                 self.registry.end_step(
                     step, StepStatus.FINISHED if not error else StepStatus.FAILED
@@ -379,6 +394,17 @@ class Executor:
             if step.type is type_ and step.parent_id is None:
                 return step
         return None
+
+    def _start_executing(self, job_id: str) -> None:
+        self._executing[job_id] += 1
+        self._executed.clear()
+
+    def _stop_executing(self, job_id: str) -> None:
+        self._executing[job_id] -= 1
+        if self._executing[job_id] <= 0:
+            del self._executing[job_id]
+        if not self._executing:
+            self._executed.set()
 
     async def _phase(
         self, record: Command, phase: str, status: CommandStatus | None = None, **extra: Any
@@ -600,6 +626,11 @@ class Executor:
             self._pacer.cancel()  # jobs still waiting for their turn are cancelled below
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pacer
+        if not self._executed.is_set():
+            log.info("stopping: %d jobs finish their execute phase first", len(self._executing))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.close_grace):
+                    await self._executed.wait()
         tasks = list(self._running.values())
         for task in tasks:
             task.cancel()

@@ -24,10 +24,16 @@ def install(kill_after: int) -> None:
     steps = 0
 
     def counting_emit(
-        self: Registry, kind: Any, key: str, record: Any, job_id: str | None, op: str
+        self: Registry,
+        kind: Any,
+        key: str,
+        record: Any,
+        job_id: str | None,
+        op: str,
+        urgent: bool = False,
     ) -> Any:
         nonlocal steps
-        done = emit(self, kind, key, record, job_id, op)
+        done = emit(self, kind, key, record, job_id, op, urgent)
         job = self.jobs.get(job_id) if job_id is not None else None
         if job is not None and job.cancel is not None:
             steps += 1

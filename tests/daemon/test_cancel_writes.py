@@ -39,10 +39,12 @@ async def test_a_stopped_task_is_written_ended_then_clearing_then_cleared(tmp_pa
         written: list[dict[str, Any]] = []
         put = store.put_nowait
 
-        def recording(kind: Any, key: str, doc: dict[str, Any] | None) -> asyncio.Future[None]:
+        def recording(
+            kind: Any, key: str, doc: dict[str, Any] | None, *, urgent: bool = False
+        ) -> asyncio.Future[None]:
             if kind == "task" and key == task.id and doc is not None:
                 written.append(doc)
-            return put(kind, key, doc)
+            return put(kind, key, doc, urgent=urgent)
 
         store.put_nowait = recording  # type: ignore[method-assign]
         await s.daemon.cancels.cancel(job.id, mode=CancelMode.STOP, requester=0)

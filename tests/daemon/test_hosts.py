@@ -340,17 +340,24 @@ async def test_poller_one_call_per_tick_whatever_the_task_count(
     await wait_until(lambda: calls.of("Host.getAllTasksStatuses") > polls, 5.0)
 
 
-async def backed_off_poller(
+async def polled_held_task(
     hm: HostManager, sim: Simulator, dc: DataCenter, control: Control, registry: Registry
 ) -> PoolPoller:
-    """A pool whose one task never ends (SPM held), its poller backed off to idle_interval 0.16
-    (young_seconds 0): 0.02 -> 0.04 -> 0.08 -> 0.16."""
+    """A pool whose one task never ends (SPM held), being polled."""
     await add_all(hm, sim, dc)
     assert dc.spm is not None
     await control.post(f"/hosts/{dc.spm}/hold")
     await register_task(registry, dc.spm, dc.pool, await create_volume(hm, dc.spm, dc))
     hm.watch(dc.pool)
-    state = hm._poll_state[dc.pool]
+    return hm._poll_state[dc.pool]
+
+
+async def backed_off_poller(
+    hm: HostManager, sim: Simulator, dc: DataCenter, control: Control, registry: Registry
+) -> PoolPoller:
+    """A pool whose one task never ends (SPM held), its poller backed off to idle_interval 0.16
+    (young_seconds 0): 0.02 -> 0.04 -> 0.08 -> 0.16."""
+    state = await polled_held_task(hm, sim, dc, control, registry)
     await wait_until(lambda: state.interval == 0.16, 5.0)
     return state
 
@@ -373,12 +380,7 @@ async def test_a_pending_cancel_polls_at_the_cancel_pace(
 ) -> None:
     """Young tasks are polled at `fast_interval`; a pool with a cancel pending, which someone
     waits for, at the shorter `cancel_interval` (issue 3, CPU: the first could then be longer)."""
-    await add_all(hm, sim, dc)
-    assert dc.spm is not None
-    await control.post(f"/hosts/{dc.spm}/hold")
-    await register_task(registry, dc.spm, dc.pool, await create_volume(hm, dc.spm, dc))
-    hm.watch(dc.pool)
-    state = hm._poll_state[dc.pool]
+    state = await polled_held_task(hm, sim, dc, control, registry)
     await wait_until(lambda: hm.polls.get(dc.pool, 0) >= 2, 5.0)
     assert state.interval == 0.16  # young: the fast pace, not the cancel one
     hm.boost(dc.pool, seconds=5.0)

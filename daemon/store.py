@@ -3,8 +3,11 @@
 The in-memory job trees are the truth while the daemon runs; SQLite is how they survive it. Every
 change is queued as a whole record (an upsert of its JSON document, or a delete) and one writer
 coroutine drains the queue into a single transaction per round, so a burst of a thousand changes
-costs one commit. `write()` returns only once the transaction holding the change committed: that
-is what the API waits for before it acknowledges a job, a cancel or a task id.
+costs one commit. While busy it starts a round at most every `commit_interval`, so running jobs'
+changes share commits; an urgent change (one the API answers on: a job, a cancel intent, a host)
+starts a round at once. `write()` returns only once the transaction holding the change committed:
+that is what the API waits for before it acknowledges a job or a cancel, and the executor before
+it acts on a task id.
 
 Reading happens at start (streamed, see `Registry.load` for what is read) and, for the few rows of
 one job, synchronously on first use through a separate read-only connection (`read_job_tree`).

@@ -137,18 +137,25 @@ class _Where:
         )
 
 
-def _number(w: _Where, key: str, value: Any, *, minimum: float = 0.0, strict: bool = True) -> float:
-    kind = "a positive number" if strict else f"a number >= {minimum:g}"
+def _number(
+    w: _Where,
+    key: str,
+    value: Any,
+    *,
+    minimum: float = 0.0,
+    strict: bool = True,
+    maximum: float | None = None,
+) -> float:
+    if maximum is not None:
+        kind = f"a number of seconds {minimum:g}..{maximum:g}"
+    else:
+        kind = "a positive number" if strict else f"a number >= {minimum:g}"
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise w.error(key, kind, value)
     if value < minimum or (strict and value <= minimum):
         raise w.error(key, kind, value)
-    return float(value)
-
-
-def _seconds_up_to(w: _Where, key: str, value: Any, top: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= top:
-        raise w.error(key, f"a number of seconds 0..{top:g}", value)
+    if maximum is not None and value > maximum:
+        raise w.error(key, kind, value)
     return float(value)
 
 
@@ -207,7 +214,7 @@ def _daemon(source: str, table: dict[str, Any]) -> DaemonSection:
         "socket_group": lambda k, v: _group(w, k, v),
         "db": lambda k, v: _path(w, k, v),
         "synchronous": lambda k, v: _choice(w, k, v, SYNCHRONOUS, upper=True),
-        "commit_interval": lambda k, v: _seconds_up_to(w, k, v, 1.0),
+        "commit_interval": lambda k, v: _number(w, k, v, strict=False, maximum=1.0),
         "log_level": lambda k, v: _choice(w, k, v, LOG_LEVELS, upper=True),
         "max_request_bytes": lambda k, v: _integer(w, k, v, 1024, 1 << 30),
         "admin_group": lambda k, v: _group(w, k, v),

@@ -82,15 +82,18 @@ def _job_request(actions: dict[str, Any]) -> dict[str, Any]:
 def _schemas(actions: dict[str, Any]) -> dict[str, Any]:
     job_request = _job_request(actions)
     anything = {"type": "object", "additionalProperties": True}
+    identity: dict[str, Any] = {  # what a listing row and a whole job both start with
+        "id": {"type": "string"},
+        "action": {"type": "string"},
+        "status": {"type": "string", "enum": [s.value for s in JobStatus]},
+        "correlation_id": {"type": "string"},
+        "owner": {"type": "integer"},
+    }
     summary: dict[str, Any] = {  # a listing row; a batch answer's entries add their href
         "type": "object",
-        "required": ["id", "action", "status", "correlation_id", "owner", "tasks", "cancel"],
+        "required": [*identity, "tasks", "cancel"],
         "properties": {
-            "id": {"type": "string"},
-            "action": {"type": "string"},
-            "status": {"type": "string", "enum": [s.value for s in JobStatus]},
-            "correlation_id": {"type": "string"},
-            "owner": {"type": "integer"},
+            **identity,
             "tasks": {"type": "integer"},
             "cancel": {**anything, "nullable": True},
         },
@@ -156,23 +159,9 @@ def _schemas(actions: dict[str, Any]) -> dict[str, Any]:
         "Job": {
             "type": "object",
             "description": "a job with its step tree, commands, VDSM tasks, cancel record, locks",
-            "required": [
-                "id",
-                "action",
-                "status",
-                "correlation_id",
-                "owner",
-                "steps",
-                "tasks",
-                "cancel",
-                "result",
-            ],
+            "required": [*identity, "steps", "tasks", "cancel", "result"],
             "properties": {
-                "id": {"type": "string"},
-                "action": {"type": "string"},
-                "status": {"type": "string", "enum": [s.value for s in JobStatus]},
-                "correlation_id": {"type": "string"},
-                "owner": {"type": "integer"},
+                **identity,
                 "steps": {"type": "array", "items": anything},
                 "tasks": {"type": "array", "items": anything},
                 "commands": {"type": "array", "items": anything},

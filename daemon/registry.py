@@ -152,12 +152,18 @@ class Registry:
             self._load_stored(key)  # its document must not be written without params, result
         doc = model.to_doc(record) if record is not None else None
         done = self.store.put_nowait(kind, key, doc, urgent=urgent)
-        self.events.publish(kind, op, key, job_id, doc or {})
+        self._publish(kind, key, doc or {}, job_id, op)
+        return done
+
+    def _publish(
+        self, kind: Kind, key: str, doc: dict[str, Any], job_id: str | None, op: str
+    ) -> None:
+        """Tell subscribers of a change and wake whoever waits for the job to change."""
+        self.events.publish(kind, op, key, job_id, doc)
         if job_id is not None:
             event = self._changed.pop(job_id, None)
             if event is not None:
                 event.set()
-        return done
 
     async def wait_changed(self, job_id: str) -> None:
         """Wait until anything of the job changes (for `cancel --wait` and tests)."""
@@ -341,10 +347,7 @@ class Registry:
         for key, value in changes.items():
             setattr(task, key, value)
         task.updated_at = model.now()
-        self.events.publish("task", "updated", task.id, task.job_id, model.to_doc(task))
-        event = self._changed.pop(task.job_id, None)
-        if event is not None:
-            event.set()
+        self._publish("task", task.id, model.to_doc(task), task.job_id, "updated")
 
     def _end_task_step(self, task: Task) -> None:
         """A task's step ends with its task, as the engine's does: success FINISHED, a task we

@@ -15,7 +15,11 @@ Set-up, per phase (stop, revert, baseline; each on a fresh simulator and databas
    operation, so Task.stop interrupts them; a SPARSE create cannot be interrupted and a stop
    waits for its work to end (``--preallocate SPARSE`` measures that). They are
    submitted as one batch (``executor.submit_batch``); the phase waits until all 3N tasks are
-   POLLING in the daemon (and checks that none has finished yet: T is long).
+   POLLING in the daemon (and checks that none has finished yet: T is long), then until the
+   jobs have settled: every CreateDisk child has recorded its phase ``wait`` and every change
+   is committed, as a job spends its 60 s. At the last task's start about two children in
+   three are still recording their execute phase, and a thousand changes are queued;
+   ``--at-ramp-end`` starts the clock there instead (the cancel then also pays for that tail).
 4. stop / revert: every job is cancelled at once (``Daemon.cancels.cancel(job_id, mode=...)``,
    N concurrent calls). Latency = the job's ``ended_at`` (set when it becomes ABORTED) minus the
    wall time its cancel request started (both ``time.time()``). Also reported: the time until
@@ -83,7 +87,7 @@ class PhaseResult:
     pools: int
     task_seconds: float
     preallocate: str  # the disks' allocation: PREALLOCATED (abortable) or SPARSE
-    ramp_s: float  # submit -> all tasks POLLING
+    ramp_s: float  # submit -> all tasks POLLING (and the jobs settled, unless at_ramp_end)
     remaining_s: float  # task duration left when the phase's clock started
     ended_ok: int
     wrong: int
@@ -140,7 +144,14 @@ async def wait_until(daemon: Daemon, done: Callable[[], bool], seconds: float) -
 
 
 async def run_phase(
-    name: str, *, pools: int, jobs: int, task_seconds: float, preallocate: str, workdir: Path
+    name: str,
+    *,
+    pools: int,
+    jobs: int,
+    task_seconds: float,
+    preallocate: str,
+    workdir: Path,
+    at_ramp_end: bool = False,
 ) -> PhaseResult:
     per_host = math.ceil(jobs / pools) * TASKS_PER_JOB
     sim = SimProcess(
@@ -216,6 +227,22 @@ async def run_phase(
                 RAMP_TIMEOUT,
             ):
                 raise RuntimeError(f"only {polling()} of {want} tasks running after the ramp")
+            if not at_ramp_end:
+                # running jobs, settled: every CreateDisk child has recorded its phase "wait"
+                # and every change the submission made is committed (a job with a 60-s task
+                # spends all but its first moments like this). `--at-ramp-end` cancels at once
+                # instead, while most children are still recording their execute phase.
+                def settled() -> bool:
+                    return all(
+                        r.data.get("phase") == "wait"
+                        for job in batch
+                        for r in reg.commands.get(job.id, {}).values()
+                        if r.parent_id is not None
+                    )
+
+                if not await wait_until(daemon, settled, RAMP_TIMEOUT):
+                    raise RuntimeError("the jobs' children did not all reach their wait phase")
+                await daemon.store.flush()
             early = [j for j in batch if j.status in model.JOB_TERMINAL]
             if early:
                 raise RuntimeError(
@@ -347,6 +374,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the disks' allocation (VDSM can abort only PREALLOCATED creation; default)",
     )
     p.add_argument("--no-baseline", action="store_true", help="skip the finish-on-its-own phase")
+    p.add_argument(
+        "--at-ramp-end",
+        action="store_true",
+        help="cancel as soon as every task runs, before the jobs settled (children still "
+        "recording their execute phase, changes still queued): the cancel competes with the "
+        "submission's tail",
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: 10 pools, 100 jobs, 5 s tasks")
     p.add_argument("--check", action="store_true", help="exit 1 when the target is missed")
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
@@ -365,6 +399,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{TASKS_PER_JOB} {args.preallocate} disks = {args.jobs * TASKS_PER_JOB} Volume.create "
         "tasks of "
         f"{args.task_seconds:g} s (fixed), all running before the clock starts"
+        + (
+            " (the clock starts as the last task runs, before the jobs settled)"
+            if args.at_ramp_end
+            else " and every job settled (children in phase wait, every change committed)"
+        )
     )
     print(
         "method: stop/revert latency = job ended_at (ABORTED) - wall time its cancel request "
@@ -387,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
                         task_seconds=args.task_seconds,
                         preallocate=args.preallocate,
                         workdir=workdir,
+                        at_ramp_end=args.at_ramp_end,
                     )
                 )
             )

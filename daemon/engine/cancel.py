@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from daemon import model
 from daemon.engine.cancel_rules import CancelDecision, cancelled_error, decide, refuse
 from daemon.engine.command import CommandBase, task_succeeded
-from daemon.engine.task_verbs import TaskVerb, send_on_spm
+from daemon.engine.task_verbs import TaskVerb, send_on_spm, try_each_on_spm
 from daemon.errors import DaemonError, NotFound, Unavailable
 from daemon.model import (
     CancelMode,
@@ -377,17 +377,25 @@ class CancelCoordinator:
             for t in self.registry.job_tasks(job.id)
             if t.status is TaskStatus.POLLING and not t.stop_sent and t.vdsm_id
         ]
-        await _all(self._stop_task(cancel, task, give_up) for task in running)
+        if running:
+            left = await try_each_on_spm(self.hosts, running, TaskVerb.STOP)
+            retried = {task.id for task in left}
+            for task in running:
+                if task.id not in retried:
+                    self._stopped(cancel, task)
+            await _all(self._stop_task(cancel, task, give_up) for task in left)
         for pool in {task.pool for task in running}:
             self.hosts.boost(pool)  # poll soon for the aborts, even after a long retry
 
     async def _stop_task(self, cancel: CancelRecord, task: model.Task, give_up: float) -> None:
-        vdsm_id, host = task.vdsm_id, task.host
         await self._retrying(give_up, lambda: send_on_spm(self.hosts, task, TaskVerb.STOP))
+        self._stopped(cancel, task)
+
+    def _stopped(self, cancel: CancelRecord, task: model.Task) -> None:
         # not a write of its own: a restart sends the stop again, and VDSM takes it as a repeat
         self.registry.note_task(task, stop_sent=True)
         cancel.actions.append(
-            {"action": "stopped", "task": vdsm_id, "host": host, "at": model.now()}
+            {"action": "stopped", "task": task.vdsm_id, "host": task.host, "at": model.now()}
         )
 
     async def _revert(self, job: Job, give_up: float) -> None:
@@ -428,16 +436,27 @@ class CancelCoordinator:
             for t in self.registry.job_tasks(job.id)
             if t.status in (TaskStatus.ENDED, TaskStatus.CLEARING) and t.vdsm_id
         ]
-        await _all(self._clear_task(cancel, task, give_up) for task in ended)
+        if not ended:
+            return
+        for task in ended:
+            if task.status is TaskStatus.ENDED:
+                self.registry.set_task_status(task, TaskStatus.CLEARING)
+        left = await try_each_on_spm(self.hosts, ended, TaskVerb.CLEAR)
+        retried = {task.id for task in left}
+        for task in ended:
+            if task.id not in retried:
+                self._cleared(cancel, task)
+        await _all(self._clear_task(cancel, task, give_up) for task in left)
 
     async def _clear_task(self, cancel: CancelRecord, task: model.Task, give_up: float) -> None:
-        if task.status is TaskStatus.ENDED:
-            self.registry.set_task_status(task, TaskStatus.CLEARING)
-        vdsm_id, host = task.vdsm_id, task.host
+        """A clear the first attempt did not settle, with the full reading of VDSM's refusals."""
         await self._retrying(give_up, lambda: send_on_spm(self.hosts, task, TaskVerb.CLEAR))
+        self._cleared(cancel, task)
+
+    def _cleared(self, cancel: CancelRecord, task: model.Task) -> None:
         self.registry.set_task_status(task, TaskStatus.CLEARED)
         cancel.actions.append(
-            {"action": "cleared", "task": vdsm_id, "host": host, "at": model.now()}
+            {"action": "cleared", "task": task.vdsm_id, "host": task.host, "at": model.now()}
         )
 
     async def _wait_tasks(self, job: Job, give_up: float) -> None:

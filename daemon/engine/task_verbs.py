@@ -20,10 +20,12 @@ cancel coordinator, and the orphan reaper (which knows a host and a task id, not
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from daemon import model
+from daemon.errors import DaemonError
 from daemon.vdsm.errors import (
     NotSpm,
     TaskAborted,
@@ -46,6 +48,14 @@ class TaskVerb(StrEnum):
     STOP = "stop_task"  # Task.stop: abort a running task (VDSM rolls back what it did)
     REVERT = "revert_task"  # Task.revert: roll back a task that succeeded
     CLEAR = "clear_task"  # Task.clear: drop an ended task from the host's table
+
+
+# The JSON-RPC method of each verb (`VdsmHost.each_task` sends them for several tasks at once).
+_METHODS = {
+    TaskVerb.STOP: "Task.stop",
+    TaskVerb.REVERT: "Task.revert",
+    TaskVerb.CLEAR: "Task.clear",
+}
 
 
 class Refusal(StrEnum):
@@ -82,6 +92,35 @@ async def send_on_spm(hosts: HostManager, task: model.Task, verb: TaskVerb) -> N
             spm,
         )
     await send_to_spm(hosts, spm, task.pool, task.vdsm_id, verb, about=f"job {task.job_id}")
+
+
+async def try_each_on_spm(
+    hosts: HostManager, tasks: Sequence[model.Task], verb: TaskVerb
+) -> list[model.Task]:
+    """One attempt at `verb` for every task at once, on its pool's SPM as now known; returns
+    the tasks whose attempt VDSM did not simply accept, in order. The caller sends those
+    through `send_on_spm`, which reads each refusal (a repeat, a moved role) and is retried: a
+    verb that did reach VDSM before its error (a timeout) is then a repeat, which that path
+    counts as done. The fast path of a burst (no asyncio task per verb); never a second
+    meaning for any answer."""
+    by_pool: dict[str, list[model.Task]] = {}
+    for task in tasks:
+        assert task.vdsm_id is not None
+        by_pool.setdefault(task.pool, []).append(task)
+    left: list[model.Task] = []
+    for pool, group in by_pool.items():
+        try:
+            spm = await hosts.spm(pool)
+            outcomes = await hosts.vdsm(spm).each_task(
+                _METHODS[verb], [t.vdsm_id for t in group if t.vdsm_id is not None]
+            )
+        except (DaemonError, VdsmCallError):  # no SPM now, no connection: the full path waits
+            left.extend(group)
+            continue
+        if any(isinstance(o, NotSpm) for o in outcomes):
+            hosts.forget_spm(pool)  # moved: the full path finds the new one
+        left.extend(task for task, outcome in zip(group, outcomes, strict=True) if outcome)
+    return left
 
 
 async def send_to_spm(

@@ -298,6 +298,62 @@ class StompRpcClient:
             self._pending.pop(call_id, None)
         return self._result(method, reply)
 
+    async def call_each(
+        self,
+        calls: Sequence[tuple[str, dict[str, Any] | None]],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - a per-call deadline, as the engine has
+    ) -> list[Any]:
+        """Several calls at once, each in a message of its own (VDSM answers one request per
+        message, see `batch`); each entry of the answer is the call's result or the
+        VdsmCallError it raised. They share one coroutine and one deadline: a cancel burst
+        stops and clears three tasks per job for a thousand jobs, and an asyncio task per
+        verb (to await them together) was a tenth of the daemon's CPU in it."""
+        if not self.connected:
+            try:
+                await self.connect()
+            except ConnectionLost as e:  # every call fails as it, as over HTTP
+                return [ConnectionLost(e.vdsm_code, e.message, m, self.label) for m, _ in calls]
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Any]] = []
+        ids = []
+        for _ in calls:
+            call_id = new_id()
+            future: asyncio.Future[Any] = loop.create_future()
+            self._pending[call_id] = future
+            ids.append(call_id)
+            futures.append(future)
+        expiry = loop.call_at(
+            loop.time() + (self.timeout if timeout is None else timeout), _expire_each, futures
+        )
+        try:
+            try:
+                for (method, params), call_id in zip(calls, ids, strict=True):
+                    self._send(request(method, params=params, id=call_id))
+            except ConnectionLost as e:  # not connected: the calls not sent fail as it
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(e)
+            replies = await asyncio.gather(*futures, return_exceptions=True)
+        finally:
+            expiry.cancel()
+            for call_id in ids:
+                self._pending.pop(call_id, None)
+        results: list[Any] = []
+        for (method, _), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, _Expired):
+                results.append(ClientTimeout.of_call(method, self.label))
+            elif isinstance(reply, ConnectionLost):
+                results.append(ConnectionLost(reply.vdsm_code, reply.message, method, self.label))
+            elif isinstance(reply, BaseException):
+                raise reply
+            else:
+                try:
+                    results.append(self._result(method, reply))
+                except VdsmCallError as e:
+                    results.append(e)
+        return results
+
     def _result(self, method: str, reply: dict[str, Any]) -> Any:
         try:
             parsed = parse(reply)
@@ -359,6 +415,11 @@ class _Expired(Exception):
 def _expire(future: asyncio.Future[Any]) -> None:
     if not future.done():
         future.set_exception(_Expired())
+
+
+def _expire_each(futures: list[asyncio.Future[Any]]) -> None:
+    for future in futures:
+        _expire(future)
 
 
 def _encode(payload: Any) -> bytes:

@@ -8,16 +8,17 @@ or a refused connection is 5022, as on STOMP, and a reply that is not JSON-RPC i
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
 from jsonrpcclient import Error, Ok, parse, request
 
 from daemon.vdsm.client import DEFAULT_TIMEOUT
-from daemon.vdsm.errors import ClientTimeout, ConnectionLost, error_for
+from daemon.vdsm.errors import ClientTimeout, ConnectionLost, VdsmCallError, error_for
 from daemon.vdsm.verbs import BadReply
 
 
@@ -83,6 +84,23 @@ class HttpRpcClient:
         if isinstance(parsed, Error):
             raise error_for(code, str(parsed.message), method, self.label)
         raise BadReply(-32603, f"unexpected reply {reply!r:.200}", method, self.label)
+
+    async def call_each(
+        self,
+        calls: Sequence[tuple[str, dict[str, Any] | None]],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> list[Any]:
+        """Several calls at once (one POST each); each entry is a result or the VdsmCallError
+        it raised, as `StompRpcClient.call_each` answers."""
+        outcomes = await asyncio.gather(
+            *(self.call(method, params, timeout=timeout) for method, params in calls),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, VdsmCallError):
+                raise outcome
+        return list(outcomes)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -7,7 +7,7 @@ raises `BadReply` (a `VdsmCallError`), never a KeyError deep in the daemon.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,6 +26,13 @@ class RpcClient(Protocol):
         *,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> Any: ...
+
+    async def call_each(
+        self,
+        calls: Sequence[tuple[str, dict[str, Any] | None]],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> list[Any]: ...
 
     def on_event(self, callback: Callable[[str, dict[str, Any]], None]) -> None: ...
 
@@ -161,6 +168,14 @@ class VdsmHost:
 
     async def clear_task(self, task_id: str) -> None:
         await self._call("Task.clear", {"taskID": task_id})
+
+    async def each_task(self, method: str, task_ids: Sequence[str]) -> list[VdsmCallError | None]:
+        """`method` (Task.stop, Task.revert or Task.clear) for several tasks at once: None where
+        VDSM accepted it, else the error it answered (or the call's timeout or lost link)."""
+        outcomes = await self.client.call_each(
+            [(method, {"taskID": task_id}) for task_id in task_ids], timeout=self.timeout
+        )
+        return [o if isinstance(o, VdsmCallError) else None for o in outcomes]
 
     # -- SPM ------------------------------------------------------------------------------------
 

@@ -156,6 +156,45 @@ async def test_stop_and_revert(vdsm: HostFactory, dc: DataCenter, control: Contr
     assert (await spm.task_status(done)).result == "cleanSuccess"
 
 
+async def test_each_task_answers_every_task_on_its_own(
+    vdsm: HostFactory, dc: DataCenter, control: Control
+) -> None:
+    assert dc.spm is not None
+    spm = await vdsm(dc.spm)
+    await control.post(f"/hosts/{dc.spm}/hold")  # the tasks run until released
+    first = await spm.create_volume(dc.pool, dc.master, _new(), _new(), GiB)
+    second = await spm.create_volume(dc.pool, dc.master, _new(), _new(), GiB)
+    unknown = _new()
+    stopped = await spm.each_task("Task.stop", [first, unknown, second])
+    assert stopped[0] is None and stopped[2] is None
+    assert isinstance(stopped[1], UnknownTask)
+    assert (stopped[1].method, stopped[1].host) == ("Task.stop", dc.spm)
+    await control.post(f"/hosts/{dc.spm}/release", {})
+    for task_id in (first, second):
+        assert (await _finished(spm, task_id)).code == 411  # each one was stopped
+    assert await spm.each_task("Task.clear", [second, first]) == [None, None]
+    assert await spm.task_statuses() == {}
+    assert await spm.each_task("Task.clear", []) == []
+
+
+async def test_each_task_reports_timeouts_and_lost_links_per_task(
+    vdsm: HostFactory, control: Control
+) -> None:
+    host = await vdsm("host1", timeout=0.3)
+    await host.ping()
+    ids = [_new(), _new()]
+    await control.faults("host1", latency=200.0)  # 200 simulated s = 1 real s
+    late = await host.each_task("Task.stop", ids)
+    assert [type(e) for e in late] == [ClientTimeout, ClientTimeout]
+    assert all(e is not None and e.method == "Task.stop" for e in late)
+    await control.faults("host1", latency=0.0, down=True)
+    lost = await host.each_task("Task.clear", ids)
+    assert [type(e) for e in lost] == [ConnectionLost, ConnectionLost]
+    assert all(e is not None and e.vdsm_code == 5022 for e in lost)
+    await control.faults("host1", down=False)
+    assert [type(e) for e in await host.each_task("Task.clear", ids)] == [UnknownTask] * 2
+
+
 async def test_spm_only_verbs_on_a_non_spm_host(vdsm: HostFactory, dc: DataCenter) -> None:
     other = next(h for h in dc.hosts if h != dc.spm)
     hsm = await vdsm(other)

@@ -131,7 +131,7 @@ class Registry:
         self._entity_seq: dict[str, int] = {}  # entity -> when it entered `locks` (its order)
         self._seq = itertools.count()
         self.hosts: dict[str, Host] = {}
-        self._changed: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
+        self._changed: dict[str, list[asyncio.Future[None]]] = {}  # job -> who waits for it
         self._stored: set[str] = set()  # ended jobs whose tree is still only on disk
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -161,13 +161,33 @@ class Registry:
         """Tell subscribers of a change and wake whoever waits for the job to change."""
         self.events.publish(kind, op, key, job_id, doc)
         if job_id is not None:
-            event = self._changed.pop(job_id, None)
-            if event is not None:
-                event.set()
+            waiters = self._changed.pop(job_id, None)
+            if waiters is not None:
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
 
     async def wait_changed(self, job_id: str) -> None:
-        """Wait until anything of the job changes (for `cancel --wait` and tests)."""
-        await self._changed[job_id].wait()
+        """Wait until anything of the job changes (commands waiting for their tasks, a cancel,
+        `cancel --wait`, tests).
+
+        A future per waiter, as `asyncio.Event` has (a cancelled waiter leaves the others
+        waiting), made on the store's loop: `Event.wait` asks asyncio for the running loop on
+        every call, a getpid system call on 3.11, and a burst of a thousand cancels waits on
+        its jobs tens of thousands of times. A cancelled waiter is forgotten at once (an
+        Event stayed in the table until the job changed again, for good if it never did)."""
+        loop = self.store.loop or asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        waiters = self._changed.setdefault(job_id, [])
+        waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if self._changed.get(job_id) is waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._changed[job_id]
+            raise
 
     # -- jobs ----------------------------------------------------------------------------------
 

@@ -191,6 +191,11 @@ class Store:
         self._reader: sqlite3.Connection | None = None
         self.on_commit: Callable[[float, int], None] | None = None
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the store was opened on (None before `open`)."""
+        return self._loop
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def open(self) -> None:

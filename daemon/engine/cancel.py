@@ -7,7 +7,7 @@ Order of a cancel (DESIGN.md "Cancellation", rules 1-6):
    late: the job completes and its record says so. Otherwise the job's asyncio Task is cancelled;
    a task-creating verb in flight still has its task id recorded (command.py).
 3. The cleanup runs as its own Task, which the job's one runner waits on without cancelling it
-   (`asyncio.wait`), persisting each step a restart could not simply redo (a stop VDSM
+   (`_until_done`), persisting each step a restart could not simply redo (a stop VDSM
    answered is only noted: sent again, it counts as a repeat): Task.stop for the tasks VDSM
    already runs (all of a job's at once, while the job's coroutine unwinds); once it has
    unwound, command-specific cancel verbs (VM.migrateCancel) and Task.stop for the tasks the
@@ -221,7 +221,7 @@ class CancelCoordinator:
         that coroutine to have unwound before it does anything but stop the tasks VDSM already
         runs (`_stop_everything`).
 
-        No wait takes the cancellation of what it waits for: `asyncio.wait` returns when the
+        No wait takes the cancellation of what it waits for: `_until_done` returns when the
         awaited task is done however it ended, and leaves it running if this runner is
         cancelled instead (shutdown), so the runner's own cancellation always propagates
         (prior-art §5: never swallow it). The cleanup is tracked apart so shutdown stops it
@@ -260,7 +260,7 @@ class CancelCoordinator:
         if interruptible:
             self._interruptible[job.id] = cleanup
         try:
-            await asyncio.wait({cleanup})
+            await _until_done(cleanup)
             if cleanup.cancelled():
                 return False
             if (error := cleanup.exception()) is not None:  # _cleanup ends the job on errors
@@ -343,10 +343,12 @@ class CancelCoordinator:
                 with contextlib.suppress(_Unreachable, VdsmCallError, DaemonError):
                     await self._stop_running(job, give_up=0.0)
             finally:
-                await asyncio.wait({unwinding})
+                await _until_done(unwinding)
         for command in self._commands(job):
             if command.record.status in model.COMMAND_TERMINAL:
                 continue
+            if not _overrides(command, "on_cancel"):
+                continue  # nothing of its own to stop: its tasks are stopped below
             done = await self._retrying(give_up, lambda c=command: c.on_cancel(cancel.mode))
             if command.record.data.get("completed_before_cancel"):
                 cancel.late = True  # its work completed before the cancel reached it
@@ -417,6 +419,8 @@ class CancelCoordinator:
                 self.hosts.watch(task.pool)
                 await self._wait_tasks(job, give_up)
         for command in self._commands(job):
+            if not _overrides(command, "compensate"):
+                continue  # nothing of its own to undo: its tasks were reverted above
             done = await self._retrying(give_up, command.compensate)
             for what in done:
                 cancel.actions.append(
@@ -527,6 +531,32 @@ class CancelCoordinator:
                 job, status, error=error or cancelled_error(cancel.mode, cancel.reason)
             )
         log.info("job %s [%s]: cancel ended %s (%s)", job.id, job.correlation_id, status, outcome)
+
+
+async def _until_done(task: asyncio.Future[Any]) -> None:
+    """Wait until `task` is done, however it ends, taking neither its result nor its
+    cancellation; the waiter's own cancellation propagates and leaves `task` running. What
+    `asyncio.wait({task})` does, without its sets, counter and timeout bookkeeping: a burst of
+    cancels makes two such waits per job."""
+    if task.done():
+        return
+    waiter = task.get_loop().create_future()
+
+    def wake(_: asyncio.Future[Any]) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    task.add_done_callback(wake)
+    try:
+        await waiter
+    finally:
+        task.remove_done_callback(wake)
+
+
+def _overrides(command: CommandBase, method: str) -> bool:
+    """Whether the command's class has its own `method` (on_cancel, compensate): the base ones
+    do nothing, and a burst of cancels awaited thousands of them through `_retrying`."""
+    return getattr(type(command), method) is not getattr(CommandBase, method)
 
 
 async def _all(calls: Iterable[Awaitable[None]]) -> None:

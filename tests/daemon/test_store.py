@@ -283,3 +283,34 @@ async def test_columns_hold_plain_values_and_missing_ones_are_null(tmp_path: Pat
     assert db.execute("SELECT vdsm_id, status FROM tasks").fetchone() == (None, "POLLING")
     db.close()
     await store.close()
+
+
+async def test_every_status_is_stored_as_its_text(tmp_path: Path) -> None:
+    """Statuses are StrEnum members, bound as they are (sqlite3 takes a str subclass as text):
+    no conversion per column on the writer's path, and no member reaches the disk as anything
+    but its value."""
+    from daemon import model
+
+    store = Store(tmp_path / "t.db")
+    await store.open()
+    for status in model.JobStatus:
+        job = model.Job(f"j-{status.value}", "CreateDisk", {}, 7, "c1", "d", status=status)
+        store.put_nowait("job", job.id, model.to_doc(job))
+    for status in model.TaskStatus:
+        task = model.Task(f"t-{status.value}", "j1", "c", "h", "p", "v", status=status)
+        store.put_nowait("task", task.id, model.to_doc(task))
+    await store.flush()
+    await store.close()
+    db = sqlite3.connect(tmp_path / "t.db")
+    jobs = dict(db.execute("SELECT id, status || '/' || typeof(status) FROM jobs").fetchall())
+    tasks = dict(db.execute("SELECT id, status || '/' || typeof(status) FROM tasks").fetchall())
+    db.close()
+    assert jobs == {f"j-{s.value}": f"{s.value}/text" for s in model.JobStatus}
+    assert tasks == {f"t-{s.value}": f"{s.value}/text" for s in model.TaskStatus}
+
+
+def test_a_row_of_a_one_column_table_without_its_column_holds_null() -> None:
+    from daemon.store import _rows
+
+    assert _rows([("s1", {"id": "s1"})], ("job_id",)) == [("s1", None, '{"id":"s1"}')]
+    assert _rows([("s1", {"job_id": "j"})], ("job_id",)) == [("s1", "j", '{"job_id":"j"}')]

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from daemon import model
@@ -388,18 +388,32 @@ class CancelCoordinator:
             if t.status is TaskStatus.POLLING and not t.stop_sent and t.vdsm_id
         ]
         if running:
-            left = await try_each_on_spm(self.hosts, running, TaskVerb.STOP)
-            retried = {task.id for task in left}
-            for task in running:
-                if task.id not in retried:
-                    self._stopped(cancel, task)
-            await _all(self._stop_task(cancel, task, give_up) for task in left)
+            await self._send_each(cancel, running, TaskVerb.STOP, give_up, self._stopped)
         for pool in {task.pool for task in running}:
             self.hosts.boost(pool)  # poll soon for the aborts, even after a long retry
 
-    async def _stop_task(self, cancel: CancelRecord, task: model.Task, give_up: float) -> None:
-        await self._retrying(give_up, lambda: send_on_spm(self.hosts, task, TaskVerb.STOP))
-        self._stopped(cancel, task)
+    async def _send_each(
+        self,
+        cancel: CancelRecord,
+        tasks: list[model.Task],
+        verb: TaskVerb,
+        give_up: float,
+        done: Callable[[CancelRecord, model.Task], None],
+    ) -> None:
+        """`verb` for every task: one attempt for all at once, then the full path (retried,
+        VDSM's refusals read, task_verbs.py) for each task that attempt did not settle. `done`
+        records a task as settled."""
+        left = await try_each_on_spm(self.hosts, tasks, verb)
+        retried = {task.id for task in left}
+        for task in tasks:
+            if task.id not in retried:
+                done(cancel, task)
+
+        async def full_path(task: model.Task) -> None:
+            await self._retrying(give_up, lambda: send_on_spm(self.hosts, task, verb))
+            done(cancel, task)
+
+        await _all(full_path(task) for task in left)
 
     def _stopped(self, cancel: CancelRecord, task: model.Task) -> None:
         # not a write of its own: a restart sends the stop again, and VDSM takes it as a repeat
@@ -451,17 +465,7 @@ class CancelCoordinator:
         for task in ended:
             if task.status is TaskStatus.ENDED:
                 self.registry.set_task_status(task, TaskStatus.CLEARING)
-        left = await try_each_on_spm(self.hosts, ended, TaskVerb.CLEAR)
-        retried = {task.id for task in left}
-        for task in ended:
-            if task.id not in retried:
-                self._cleared(cancel, task)
-        await _all(self._clear_task(cancel, task, give_up) for task in left)
-
-    async def _clear_task(self, cancel: CancelRecord, task: model.Task, give_up: float) -> None:
-        """A clear the first attempt did not settle, with the full reading of VDSM's refusals."""
-        await self._retrying(give_up, lambda: send_on_spm(self.hosts, task, TaskVerb.CLEAR))
-        self._cleared(cancel, task)
+        await self._send_each(cancel, ended, TaskVerb.CLEAR, give_up, self._cleared)
 
     def _cleared(self, cancel: CancelRecord, task: model.Task) -> None:
         self.registry.set_task_status(task, TaskStatus.CLEARED)

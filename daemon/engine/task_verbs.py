@@ -98,22 +98,24 @@ async def try_each_on_spm(
     hosts: HostManager, tasks: Sequence[model.Task], verb: TaskVerb
 ) -> list[model.Task]:
     """One attempt at `verb` for every task at once, on its pool's SPM as now known; returns
-    the tasks whose attempt VDSM did not simply accept, in order. The caller sends those
+    the tasks whose attempt VDSM did not simply accept (or that had no VDSM id to send it
+    for). The caller sends those
     through `send_on_spm`, which reads each refusal (a repeat, a moved role) and is retried: a
     verb that did reach VDSM before its error (a timeout) is then a repeat, which that path
     counts as done. The fast path of a burst (no asyncio task per verb); never a second
     meaning for any answer."""
-    by_pool: dict[str, list[model.Task]] = {}
-    for task in tasks:
-        assert task.vdsm_id is not None
-        by_pool.setdefault(task.pool, []).append(task)
+    by_pool: dict[str, list[tuple[model.Task, str]]] = {}
     left: list[model.Task] = []
-    for pool, group in by_pool.items():
+    for task in tasks:
+        if task.vdsm_id is None:
+            left.append(task)  # nothing to send it for: the full path says so
+        else:
+            by_pool.setdefault(task.pool, []).append((task, task.vdsm_id))
+    for pool, pairs in by_pool.items():
+        group = [task for task, _ in pairs]
         try:
             spm = await hosts.spm(pool)
-            outcomes = await hosts.vdsm(spm).each_task(
-                _METHODS[verb], [t.vdsm_id for t in group if t.vdsm_id is not None]
-            )
+            outcomes = await hosts.vdsm(spm).each_task(_METHODS[verb], [i for _, i in pairs])
         except (DaemonError, VdsmCallError):  # no SPM now, no connection: the full path waits
             left.extend(group)
             continue

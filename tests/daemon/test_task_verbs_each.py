@@ -36,8 +36,10 @@ async def test_only_the_tasks_vdsm_refused_are_left_for_the_full_path(tmp_path: 
     async with running_stack(tmp_path) as s:
         _, task = await _held_disk(s)
         ghost = dataclasses.replace(task, id=str(uuid.uuid4()), vdsm_id=str(uuid.uuid4()))
-        left = await try_each_on_spm(s.daemon.hosts, [ghost, task], TaskVerb.STOP)  # type: ignore[list-item]
-        assert left == [ghost]  # 401: whether it is gone is for the full path to decide
+        unsent = dataclasses.replace(task, id=str(uuid.uuid4()), vdsm_id=None)
+        left = await try_each_on_spm(s.daemon.hosts, [ghost, unsent, task], TaskVerb.STOP)  # type: ignore[list-item]
+        # 401: whether it is gone is for the full path to decide; no id: nothing was sent
+        assert {t.id for t in left} == {ghost.id, unsent.id}
         spm = s.sim.cluster.hosts[spm_host(s)]
         raw = {t["id"]: t for t in spm.tasks.raw_table()}
         assert raw[task.vdsm_id]["aborting"]  # type: ignore[attr-defined]  # the stop arrived

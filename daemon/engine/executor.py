@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from daemon import model
 from daemon.engine.command import CommandBase, CommandContext, CommandFailed
 from daemon.engine.policy import ActionSpec
-from daemon.engine.task_verbs import TaskVerb, send_on_spm
+from daemon.engine.task_verbs import TaskVerb, send_on_spm, try_each_on_spm
 from daemon.engine.vmwatch import VmWatch
 from daemon.errors import DaemonError, InvalidParams, NotFound, UnknownAction
 from daemon.model import (
@@ -451,6 +451,7 @@ class Executor:
         """
         give_up = time.monotonic() + deadline
         while True:
+            await self._clear_ended(job)
             for task in self.registry.job_tasks(job.id):
                 if task.status in model.TASK_SETTLED or task.status is TaskStatus.ORPHAN:
                     continue
@@ -489,6 +490,25 @@ class Executor:
                         await self.registry.wait_changed(job.id)
             else:
                 await asyncio.sleep(self.settle_retry)
+
+    async def _clear_ended(self, job: Job) -> None:
+        """Task.clear for a job's ended tasks in one attempt for them all (a CreateVm with three
+        disks: one round trip instead of three in a row). A task this attempt does not settle
+        stays CLEARING, and `settle`'s loop sends it again through the full path."""
+        ended = [
+            t
+            for t in self.registry.job_tasks(job.id)
+            if t.status in (TaskStatus.ENDED, TaskStatus.CLEARING) and t.vdsm_id
+        ]
+        if len(ended) < 2:
+            return  # the full path costs the same for one
+        for task in ended:
+            if task.status is TaskStatus.ENDED:
+                self.registry.set_task_status(task, TaskStatus.CLEARING)
+        retried = {t.id for t in await try_each_on_spm(self.hosts, ended, TaskVerb.CLEAR)}
+        for task in ended:
+            if task.id not in retried:
+                self.registry.set_task_status(task, TaskStatus.CLEARED)
 
     async def _stop_running(self, job: Job) -> None:
         """Task.stop to every task an interrupted execute left running, before its end runs:

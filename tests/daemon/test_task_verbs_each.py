@@ -78,3 +78,32 @@ async def test_a_stop_vdsm_refuses_as_a_repeat_counts_once_as_stopped(tmp_path: 
         assert actions.count("stopped") == 1 and actions.count("cleared") == 1
         assert task.status is TaskStatus.CLEARED  # type: ignore[attr-defined]
         assert s.sim_tasks()[spm.name] == []
+
+
+async def test_a_finished_job_clears_its_tasks_in_one_attempt(tmp_path: Path) -> None:
+    """A job's own settling (no cancel): its ended tasks are cleared with one `each_task` for
+    them all, not one verb after another."""
+    async with running_stack(tmp_path) as s:
+        spm = spm_host(s)
+        vdsm = s.daemon.hosts.vdsm(spm)
+        sent: list[tuple[str, int]] = []
+        each, single = vdsm.each_task, vdsm.clear_task
+
+        async def counted_each(method: str, task_ids: list[str]) -> list[object]:
+            sent.append((method, len(task_ids)))
+            return await each(method, task_ids)  # type: ignore[return-value]
+
+        async def counted_single(task_id: str) -> None:
+            sent.append(("clear_task", 1))
+            await single(task_id)
+
+        vdsm.each_task = counted_each  # type: ignore[method-assign,assignment]
+        vdsm.clear_task = counted_single  # type: ignore[method-assign]
+        disk = {"pool": s.pool, "domain": s.domains[0], "size": 4096}
+        job = await s.submit("CreateVm", {"name": "vm-each", "host": spm, "disks": [disk] * 3})
+        job = await s.wait_job(job)
+        assert job.status is JobStatus.FINISHED, job.error
+        tasks = s.daemon.registry.job_tasks(job.id)
+        assert len(tasks) == 3 and all(t.status is TaskStatus.CLEARED for t in tasks)
+        assert sent == [("Task.clear", 3)]
+        assert s.sim_tasks()[spm] == []

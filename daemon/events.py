@@ -90,12 +90,13 @@ class EventHub:
         self.seq += 1
         event = Event(self.seq, kind, op, id, job_id, data)
         self._recent.append(event)
-        for sub in list(self._subs):
-            try:
-                sub.queue.put_nowait(event)
-            except asyncio.QueueFull:
-                sub.dropped = True
-                sub.end()
+        if self._subs:  # most changes have no subscriber: no copy of the empty set for them
+            for sub in list(self._subs):
+                try:
+                    sub.queue.put_nowait(event)
+                except asyncio.QueueFull:
+                    sub.dropped = True
+                    sub.end()
         for listener in self.listeners:
             try:
                 listener(event)

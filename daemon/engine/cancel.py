@@ -194,9 +194,26 @@ class CancelCoordinator:
                 if job.cancel.outcome == "too_late":
                     self.executor.start_job(job)  # the commit resumes as any job would
                 else:
+                    if self._clear_begun(job):
+                        self._clearing.add(job.id)
                     self._launch(job)
                 resumed.append(job.id)
         return resumed
+
+    def _clear_begun(self, job: Job) -> bool:
+        """A stop that had begun clearing before the restart: a task of the job CLEARING or
+        CLEARED, none left to stop or wait for. Its resumed cleanup goes to the clear again,
+        but maybe only after a while (a command's own cancel verb retried against a host that
+        is down); a revert escalation accepted meanwhile would skip the tasks already clearing
+        (only ENDED ones are reverted) and end "reverted" with their finished work kept. So it
+        is refused from the start, as it was before the restart."""
+        assert job.cancel is not None
+        if job.cancel.mode is not CancelMode.STOP:
+            return False
+        tasks = self.registry.job_tasks(job.id)
+        return not any(
+            t.status in (TaskStatus.POLLING, TaskStatus.SUBMITTING) for t in tasks
+        ) and any(t.status in (TaskStatus.CLEARING, TaskStatus.CLEARED) for t in tasks)
 
     async def close(self) -> None:
         """Shutdown: stop every cancel where it is; each resumes from its committed state after

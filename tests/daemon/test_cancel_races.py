@@ -20,7 +20,7 @@ import pytest
 from daemon.commands.create_disk import CreateDisk
 from daemon.engine.cancel import CancelRefused
 from daemon.model import CancelMode, Job, JobStatus, TaskStatus
-from tests.daemon.stack import Stack, running_stack
+from tests.daemon.stack import Stack, running_stack, start_sim
 from tests.daemon.test_cancel import spm_host, until, until_sim
 
 STOP, REVERT = CancelMode.STOP, CancelMode.REVERT
@@ -424,6 +424,49 @@ async def test_escalation_once_the_stop_clears_is_refused(tmp_path: Path) -> Non
         job = await ended(s, job, JobStatus.ABORTED, "stopped")
         assert job.cancel is not None and job.cancel.mode is STOP and job.cancel.late
         assert finished.vdsm_result == "success"  # the finished disk was kept, as stop says
+
+
+async def test_escalation_after_a_restart_mid_clear_is_refused(tmp_path: Path) -> None:
+    """The same refusal survives a restart: the stop had begun clearing when the daemon
+    stopped, and an escalation that reaches the restarted daemon before the resumed stop gets
+    back to its clear is refused too. Accepted, it would skip the task already CLEARING (only
+    ENDED tasks are reverted) and end "reverted" with that task's finished work kept."""
+    sim = await start_sim()
+    try:
+        async with running_stack(tmp_path, sim=sim) as s:
+            s.daemon.cancels.retry = 0.01
+            spm = s.sim.cluster.hosts[spm_host(s)]
+            spm.gate.hold()
+            job = await s.submit(
+                "CreateVm", {"name": "vmr", "host": "host2", "disks": [disk(s)] * 2}
+            )
+            await until_sim(lambda: len(spm.gate.held()) == 2)
+            spm.gate.release(spm.gate.held()[0])  # one disk finishes before the stop
+            reg = s.daemon.registry
+            await until(
+                s, job.id, lambda: any(t.status is TaskStatus.ENDED for t in reg.job_tasks(job.id))
+            )
+            spm.faults.settings.update({"error_code": 99, "error_methods": ["Task.clear"]})
+            await cancel(s, job, STOP)
+            spm.gate.open()
+            await until(
+                s,
+                job.id,
+                lambda: any(t.status is TaskStatus.CLEARING for t in reg.job_tasks(job.id)),
+            )
+        async with running_stack(tmp_path, sim=sim) as s:  # the same database, restarted
+            s.daemon.cancels.retry = 0.01
+            job = s.daemon.registry.jobs[job.id]
+            assert job.status is JobStatus.CANCELLING, (job.status, job.error, job.cancel)
+            with pytest.raises(CancelRefused) as late:
+                await cancel(s, job, REVERT)
+            assert (late.value.status, late.value.code) == (409, "too_late")
+            spm = s.sim.cluster.hosts[spm_host(s)]
+            spm.faults.clear()
+            job = await ended(s, job, JobStatus.ABORTED, "stopped")
+            assert job.cancel is not None and job.cancel.mode is STOP
+    finally:
+        await sim.stop()
 
 
 # -- unreachable hosts, a moving SPM, force ------------------------------------------------------

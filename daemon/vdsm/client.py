@@ -289,10 +289,8 @@ class StompRpcClient:
         try:
             self._send(request(method, params=params_arg, id=call_id), headers)
             reply = await future
-        except _Expired:
-            raise ClientTimeout.of_call(method, self.label) from None
-        except ConnectionLost as e:
-            raise ConnectionLost(e.vdsm_code, e.message, method, self.label) from None
+        except (_Expired, ConnectionLost) as e:
+            raise self._unanswered(method, e) from None
         finally:
             expiry.cancel()
             self._pending.pop(call_id, None)
@@ -313,7 +311,7 @@ class StompRpcClient:
             try:
                 await self.connect()
             except ConnectionLost as e:  # every call fails as it, as over HTTP
-                return [ConnectionLost(e.vdsm_code, e.message, m, self.label) for m, _ in calls]
+                return [self._unanswered(method, e) for method, _ in calls]
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Any]] = []
         ids = []
@@ -341,10 +339,8 @@ class StompRpcClient:
                 self._pending.pop(call_id, None)
         results: list[Any] = []
         for (method, _), reply in zip(calls, replies, strict=True):
-            if isinstance(reply, _Expired):
-                results.append(ClientTimeout.of_call(method, self.label))
-            elif isinstance(reply, ConnectionLost):
-                results.append(ConnectionLost(reply.vdsm_code, reply.message, method, self.label))
+            if isinstance(reply, _Expired | ConnectionLost):
+                results.append(self._unanswered(method, reply))
             elif isinstance(reply, BaseException):
                 raise reply
             else:
@@ -353,6 +349,13 @@ class StompRpcClient:
                 except VdsmCallError as e:
                     results.append(e)
         return results
+
+    def _unanswered(self, method: str, error: _Expired | ConnectionLost) -> VdsmCallError:
+        """What a call without a reply fails with: its deadline passed, or its link was lost
+        (named after the call, not the connection)."""
+        if isinstance(error, _Expired):
+            return ClientTimeout.of_call(method, self.label)
+        return ConnectionLost(error.vdsm_code, error.message, method, self.label)
 
     def _result(self, method: str, reply: dict[str, Any]) -> Any:
         try:

@@ -354,6 +354,20 @@ class Registry:
             self._end_task_step(task)
         return done
 
+    def start_clearing(self, job_id: str) -> list[Task]:
+        """The job's tasks to clear (ended, or their clear begun, with a VDSM id), each one
+        CLEARING from here: written before its Task.clear goes out, so a restart knows that
+        one may have."""
+        tasks = [
+            t
+            for t in self.job_tasks(job_id)
+            if t.status in (TaskStatus.ENDED, TaskStatus.CLEARING) and t.vdsm_id
+        ]
+        for task in tasks:
+            if task.status is TaskStatus.ENDED:
+                self.set_task_status(task, TaskStatus.CLEARING)
+        return tasks
+
     def note_task(self, task: Task, **changes: Any) -> None:
         """Change a task in memory and publish it, without a store write of its own: only for
         facts a restart learns again at no risk. The task's next written change carries them

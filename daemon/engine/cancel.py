@@ -332,14 +332,10 @@ class CancelCoordinator:
         those are built: a burst of a thousand cancelled jobs of four commands each built and
         sorted them all, twice, for none to do anything."""
         actions = self.executor.actions
-        records = [
-            r
-            for r in self.registry.commands.get(job.id, {}).values()
-            if _overrides(actions[r.action], method)
-        ]
+        by_id = self.registry.commands.get(job.id, {})
+        records = [r for r in by_id.values() if _overrides(actions[r.action], method)]
         if not records:
             return []
-        by_id = self.registry.commands.get(job.id, {})
 
         def depth(r: model.Command) -> int:
             d = 0
@@ -349,7 +345,7 @@ class CancelCoordinator:
 
         ctx = self.executor.context(job)
         ordered = sorted(records, key=lambda r: (-depth(r), -r.sequence, -r.created_at))
-        return [self.executor.actions[r.action](ctx, r) for r in ordered]
+        return [actions[r.action](ctx, r) for r in ordered]
 
     async def _stop_everything(
         self, job: Job, unwinding: asyncio.Task[None] | None, *, give_up: float
@@ -472,17 +468,9 @@ class CancelCoordinator:
         cancel = job.cancel
         assert cancel is not None
         self._clearing.add(job.id)  # from here an escalation to revert is refused
-        ended = [
-            t
-            for t in self.registry.job_tasks(job.id)
-            if t.status in (TaskStatus.ENDED, TaskStatus.CLEARING) and t.vdsm_id
-        ]
-        if not ended:
-            return
-        for task in ended:
-            if task.status is TaskStatus.ENDED:
-                self.registry.set_task_status(task, TaskStatus.CLEARING)
-        await self._send_each(cancel, ended, TaskVerb.CLEAR, give_up, self._cleared)
+        ended = self.registry.start_clearing(job.id)
+        if ended:
+            await self._send_each(cancel, ended, TaskVerb.CLEAR, give_up, self._cleared)
 
     def _cleared(self, cancel: CancelRecord, task: model.Task) -> None:
         self.registry.set_task_status(task, TaskStatus.CLEARED)

@@ -495,16 +495,9 @@ class Executor:
         """Task.clear for a job's ended tasks in one attempt for them all (a CreateVm with three
         disks: one round trip instead of three in a row). A task this attempt does not settle
         stays CLEARING, and `settle`'s loop sends it again through the full path."""
-        ended = [
-            t
-            for t in self.registry.job_tasks(job.id)
-            if t.status in (TaskStatus.ENDED, TaskStatus.CLEARING) and t.vdsm_id
-        ]
+        ended = self.registry.start_clearing(job.id)
         if len(ended) < 2:
-            return  # the full path costs the same for one
-        for task in ended:
-            if task.status is TaskStatus.ENDED:
-                self.registry.set_task_status(task, TaskStatus.CLEARING)
+            return  # the full path costs the same for one: `settle`'s loop clears it
         retried = {t.id for t in await try_each_on_spm(self.hosts, ended, TaskVerb.CLEAR)}
         for task in ended:
             if task.id not in retried:

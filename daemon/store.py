@@ -287,7 +287,8 @@ class Store:
         assert self._db is not None
         closing = False
         queue = self._queue
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None
         last_start = -math.inf
         while not closing:
             if not queue:
@@ -311,8 +312,9 @@ class Store:
 
     async def _pace(self, seconds: float) -> None:
         """Wait out the rest of the commit interval, or less if an urgent change arrives."""
+        assert self._loop is not None
         self._pacing = True
-        self._wake = wake = asyncio.get_running_loop().create_future()
+        self._wake = wake = self._loop.create_future()
         try:
             async with asyncio.timeout(seconds):
                 await wake

@@ -328,8 +328,7 @@ def _getter(cls: type) -> tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]
 def to_doc(record: Record) -> dict[str, Any]:
     """A JSON-ready dict of a record (enums are str subclasses and serialize as their value)."""
     names, get = _getter(type(record))
-    # not strict: `names` and `get` come from the same slots (the check cost a tenth of this)
-    doc = dict(zip(names, get(record)))  # noqa: B905
+    doc = dict(zip(names, get(record), strict=True))
     if type(record) is Command:
         # A copy: the executor keeps writing the command's phase and results into `data`, and
         # the document is this change's (an event a subscriber reads later, a row committed

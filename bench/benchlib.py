@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import platform
@@ -166,16 +167,22 @@ async def control(port: int, method: str, path: str) -> Any:
 
 
 def add_gc_flag(p: argparse.ArgumentParser) -> None:
-    """The `--python-gc` what-if shared by the daemon benchmarks."""
+    """The collector what-ifs shared by the daemon benchmarks: `--python-gc` and
+    `--gc-threshold`."""
     p.add_argument(
         "--python-gc",
         action="store_true",
         help="what-if: keep Python's garbage collector settings instead of taskmgrd run's",
     )
+    p.add_argument(
+        "--gc-threshold",
+        help="what-if: gc.set_threshold(A,B,C) for this process (default: taskmgrd run's)",
+    )
 
 
-def set_gc(python_gc: bool) -> None:
-    """Collector settings as `taskmgrd run` has them, unless `--python-gc` asked otherwise."""
+def set_gc(python_gc: bool, threshold: str | None = None) -> None:
+    """Collector settings as `taskmgrd run` has them, unless `--python-gc` asked otherwise;
+    then `--gc-threshold`'s, if given."""
     from daemon.service import GC_THRESHOLDS, tune_gc
 
     if python_gc:
@@ -183,6 +190,10 @@ def set_gc(python_gc: bool) -> None:
     else:
         tune_gc()
         print(f"gc: as taskmgrd run, frozen after imports, thresholds {GC_THRESHOLDS}")
+    if threshold:
+        a, b, c = (int(x) for x in threshold.split(","))
+        gc.set_threshold(a, b, c)
+        print(f"what-if: gc.set_threshold({a}, {b}, {c}) (shipped: {GC_THRESHOLDS})")
 
 
 def fill_defaults(

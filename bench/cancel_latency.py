@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import json
 import math
 import sys
@@ -80,6 +81,33 @@ END_TIMEOUT = 300.0
 ALLOCATION_FACTOR = {"SPARSE": 1.0, "PREALLOCATED": 2.0}
 
 
+class Collector:
+    """Counts this process's cyclic garbage collections and their time (`gc.callbacks`): a
+    young collection in a burst walks every container the burst keeps alive at once."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        self._started = 0.0
+        gc.callbacks.append(self._observe)
+
+    def _observe(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.count += 1
+            self.seconds += time.perf_counter() - self._started
+
+    def snapshot(self) -> tuple[int, float]:
+        return self.count, self.seconds
+
+    def since(self, before: tuple[int, float]) -> tuple[int, float]:
+        return self.count - before[0], self.seconds - before[1]
+
+
+COLLECTOR = Collector()
+
+
 @dataclass
 class PhaseResult:
     name: str
@@ -108,6 +136,8 @@ class PhaseResult:
     vdsm_p50_s: float = float("nan")
     vdsm_p99_s: float = float("nan")
     daemon_cpu_s: float = 0.0  # CPU seconds of this process from the clock's start to the end
+    gc_collections: int = 0  # cyclic garbage collections in this process over the same span
+    gc_s: float = 0.0  # the time they took
     sim_cpu_s: float = 0.0  # CPU seconds of the simulator (VDSM's side) over the same span
     # record changes the daemon committed over the same span, per job (each one serialized and
     # written to SQLite: the larger part of the daemon's CPU in a burst), and its commits
@@ -253,6 +283,7 @@ async def run_phase(
             # the oldest task started right after t_submit: this is the least time any has left
             remaining = task_seconds - ramp
             cpu0, sim_cpu0 = cpu_seconds(), cpu_seconds(sim.pid)
+            gc0 = COLLECTOR.snapshot()
             ops0, commits0 = daemon.store.stats.ops, daemon.store.stats.commits
             requested: dict[str, float] = {}
             acked: dict[str, float] = {}
@@ -276,6 +307,7 @@ async def run_phase(
                 END_TIMEOUT if name != "baseline" else END_TIMEOUT + task_seconds,
             )
             cpu, sim_cpu = cpu_seconds() - cpu0, cpu_seconds(sim.pid) - sim_cpu0
+            collections, collecting = COLLECTOR.since(gc0)
             await daemon.store.flush()  # the last jobs' ends are committed: count them
             ops = daemon.store.stats.ops - ops0 - 1  # not the flush's own barrier
             commits = daemon.store.stats.commits - commits0
@@ -353,6 +385,8 @@ async def run_phase(
         vdsm_p50_s=round(percentile(aborted, 0.50), 3),
         vdsm_p99_s=round(percentile(aborted, 0.99), 3),
         daemon_cpu_s=round(cpu, 2),
+        gc_collections=collections,
+        gc_s=round(collecting, 3),
         sim_cpu_s=round(sim_cpu, 2),
         writes_per_job=round(ops / jobs, 1),
         commits=commits,
@@ -393,7 +427,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     print(f"machine: {machine()}")
-    set_gc(args.python_gc)
+    set_gc(args.python_gc, args.gc_threshold)
     print(
         f"load: {args.pools} pools (one SPM host each), {args.jobs} CreateVm jobs of "
         f"{TASKS_PER_JOB} {args.preallocate} disks = {args.jobs * TASKS_PER_JOB} Volume.create "
@@ -434,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{'phase':<10}{'jobs':>6}{'ok':>6}{'wrong':>6}{'ramp s':>8}{'left s':>8}"
         f"{'p50 s':>9}{'p90 s':>9}{'p99 s':>9}{'max s':>9}{'ack p50/p99 s':>16}"
         f"{'stops p50/p99':>16}{'VDSM p50/p99':>16}{'after VDSM p50/p99':>20}{'CPU s':>7}"
-        f"{'sim CPU':>8}{'writes/job':>11}{'sim tasks':>10}{'vols':>5}"
+        f"{'sim CPU':>8}{'GC n/s':>11}{'writes/job':>11}{'sim tasks':>10}{'vols':>5}"
     )
     for r in results:
         print(
@@ -444,11 +478,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{r.stopped_p50_s:>9.3f}/{r.stopped_p99_s:<6.3f}"
             f"{r.vdsm_p50_s:>9.3f}/{r.vdsm_p99_s:<6.3f}"
             f"{r.after_vdsm_p50_s:>13.3f}/{r.after_vdsm_p99_s:<6.3f}"
-            f"{r.daemon_cpu_s:>7.1f}{r.sim_cpu_s:>8.1f}{r.writes_per_job:>11.1f}"
+            f"{r.daemon_cpu_s:>7.1f}{r.sim_cpu_s:>8.1f}"
+            f"{r.gc_collections:>5}/{r.gc_s:<5.2f}{r.writes_per_job:>11.1f}"
             f"{r.sim_tasks_left:>10}{r.volumes_left:>5}"
         )
         for e in r.errors:
             print(f"    error ({r.name}): {e}")
+    print(
+        f"collector over the whole run (ramps included): {COLLECTOR.count} collections, "
+        f"{COLLECTOR.seconds:.2f} s"
+    )
     bad = any(
         r.wrong or r.ended_ok != r.jobs or r.sim_tasks_left or r.volumes_left or r.errors
         for r in results

@@ -60,7 +60,7 @@ from benchlib import (
 from daemon import model
 from daemon.config import HostEntry, PollingSection, load_config
 from daemon.model import Job, TaskStatus
-from daemon.service import GC_THRESHOLDS, Daemon
+from daemon.service import Daemon
 
 TARGET_P99_S = 1.0
 TARGET_CPU = 0.5  # cores
@@ -337,10 +337,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--fast-interval", type=float, help="[polling] fast_interval of the measured phase (0.5)"
     )
-    p.add_argument(
-        "--gc-threshold",
-        help="what-if: gc.set_threshold(A,B,C) for this process (default: taskmgrd run's)",
-    )
     p.add_argument("--no-baseline", action="store_true", help="skip the 10 s polling baseline")
     p.add_argument("--quick", action="store_true", help="smoke run: 10 pools, 200 tasks of 3 s")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
@@ -361,7 +357,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     print(f"machine: {machine()}")
-    set_gc(args.python_gc)
+    set_gc(args.python_gc, args.gc_threshold)
     print(
         f"load: {args.pools} pools (one SPM host each), ~{args.tasks} concurrent CreateDisk tasks "
         f"of {args.task_seconds:g} s (submitted at {args.tasks / args.task_seconds:.0f} jobs/s), "
@@ -369,10 +365,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.settle_retry is not None:
         print(f"what-if: Executor.settle_retry = {args.settle_retry:g} s (shipped: 1 s)")
-    if args.gc_threshold:
-        a, b, c = (int(x) for x in args.gc_threshold.split(","))
-        gc.set_threshold(a, b, c)
-        print(f"what-if: gc.set_threshold({a}, {b}, {c}) (shipped: {GC_THRESHOLDS})")
     print(
         "method: task finish = wall time the simulator moved the task to 'finished' (hook in "
         "sim_finish_times.py); job end = the job's ended_at (FINISHED); latency = the difference"

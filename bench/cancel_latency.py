@@ -123,6 +123,11 @@ class PhaseResult:
     p90_s: float
     p99_s: float
     max_s: float
+    # at the moment every task was POLLING: children not yet in phase "wait", changes queued
+    # for the store, and how long until all had settled (0 under --at-ramp-end)
+    unsettled_children: int = 0
+    queued_changes: int = 0
+    settle_s: float = 0.0
     ack_p50_s: float = float("nan")  # cancel request -> intent committed (the API's answer)
     ack_p99_s: float = float("nan")
     # the daemon's own share: the job's end minus the moment VDSM had ended its last task
@@ -257,18 +262,19 @@ async def run_phase(
                 RAMP_TIMEOUT,
             ):
                 raise RuntimeError(f"only {polling()} of {want} tasks running after the ramp")
+            children = [
+                r for job in batch for r in reg.commands.get(job.id, {}).values() if r.parent_id
+            ]
+            unsettled = sum(1 for r in children if r.data.get("phase") != "wait")
+            queued = daemon.store.queued
+            t_polling = time.time()
             if not at_ramp_end:
                 # running jobs, settled: every CreateDisk child has recorded its phase "wait"
                 # and every change the submission made is committed (a job with a 60-s task
                 # spends all but its first moments like this). `--at-ramp-end` cancels at once
                 # instead, while most children are still recording their execute phase.
                 def settled() -> bool:
-                    return all(
-                        r.data.get("phase") == "wait"
-                        for job in batch
-                        for r in reg.commands.get(job.id, {}).values()
-                        if r.parent_id is not None
-                    )
+                    return all(r.data.get("phase") == "wait" for r in children)
 
                 if not await wait_until(daemon, settled, RAMP_TIMEOUT):
                     raise RuntimeError("the jobs' children did not all reach their wait phase")
@@ -280,6 +286,7 @@ async def run_phase(
                 )
             t_running = time.time()
             ramp = t_running - t_submit
+            settle = 0.0 if at_ramp_end else t_running - t_polling
             # the oldest task started right after t_submit: this is the least time any has left
             remaining = task_seconds - ramp
             cpu0, sim_cpu0 = cpu_seconds(), cpu_seconds(sim.pid)
@@ -369,6 +376,9 @@ async def run_phase(
         task_seconds=task_seconds,
         preallocate=preallocate,
         ramp_s=round(ramp, 2),
+        unsettled_children=unsettled,
+        queued_changes=queued,
+        settle_s=round(settle, 3),
         remaining_s=round(remaining, 2),
         ended_ok=len(latencies),
         wrong=wrong,
@@ -481,6 +491,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{r.daemon_cpu_s:>7.1f}{r.sim_cpu_s:>8.1f}"
             f"{r.gc_collections:>5}/{r.gc_s:<5.2f}{r.writes_per_job:>11.1f}"
             f"{r.sim_tasks_left:>10}{r.volumes_left:>5}"
+        )
+        print(
+            f"    when every task ran: {r.unsettled_children} of {r.jobs * TASKS_PER_JOB} "
+            f"children not yet in phase wait, {r.queued_changes} changes queued; "
+            + (f"settled {r.settle_s:.3f} s later" if r.settle_s else "not waited for")
         )
         for e in r.errors:
             print(f"    error ({r.name}): {e}")

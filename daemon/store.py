@@ -192,6 +192,11 @@ class Store:
         self.on_commit: Callable[[float, int], None] | None = None
 
     @property
+    def queued(self) -> int:
+        """Changes waiting for the writer (not yet in a commit)."""
+        return len(self._queue)
+
+    @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
         """The event loop the store was opened on (None before `open`)."""
         return self._loop
